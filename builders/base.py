@@ -1,0 +1,82 @@
+"""The contract every source builder follows.
+
+A builder reads one source format and never writes files. A subclass provides:
+
+* ``NAME``: the format name users type (``ade20k``, ``cvat``), unique in the registry;
+* ``KEY``: the default source key, the folder under ``images/`` (defaults to ``NAME``);
+* ``DESCRIPTION``: one line for ``--help`` and detection errors;
+* ``detect(path)``: a :class:`Detection` saying how sure it is that ``path`` holds this format,
+  or which requirements are unmet;
+* ``items()``: a cheap, deterministic, picklable list of the source's items (no decoding);
+* ``load(item)``: the :class:`~concepts.records.Record` of one item; runs in worker processes;
+  raises :class:`~concepts.errors.SourceItemError` to skip an unreadable item.
+
+Options (``options`` mapping) are source specific (``pascal_context_classes``, ``supply``);
+a builder ignores options that are not its own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from concepts.records import Record
+
+
+@dataclass
+class Detection:
+    """How well a path matches a format: ``confidence`` in 0..1, or the unmet requirements."""
+
+    confidence: float = 0.0
+    unmet: list[str] = field(default_factory=list)
+
+    @classmethod
+    def match(cls, confidence: float = 1.0) -> Detection:
+        """A positive detection."""
+        return cls(confidence=confidence)
+
+    @classmethod
+    def missing(cls, *requirements: str) -> Detection:
+        """A failed detection listing what was expected and not found."""
+        return cls(confidence=0.0, unmet=list(requirements))
+
+    def __bool__(self) -> bool:
+        return self.confidence > 0
+
+
+class Builder(ABC):
+    """Base class of the source readers; see the module docstring for the contract."""
+
+    NAME: ClassVar[str]
+    KEY: ClassVar[str | None] = None
+    DESCRIPTION: ClassVar[str] = ""
+
+    def __init__(self, root: str | Path, options: Mapping[str, Any] | None = None) -> None:
+        self.root = Path(root)
+        self.options: dict[str, Any] = dict(options or {})
+        self.key: str = str(self.options.get("key") or self.KEY or self.NAME)
+        #: Categories this source contributes (``"color"`` included); ``None`` means all it has.
+        self.supply: set[str] | None = None
+
+    @classmethod
+    @abstractmethod
+    def detect(cls, path: Path) -> Detection:
+        """Say whether ``path`` holds this format, and if not, what is missing."""
+
+    @abstractmethod
+    def items(self) -> Sequence[Hashable]:
+        """List the source's items cheaply and deterministically."""
+
+    @abstractmethod
+    def load(self, item: Any) -> Record:
+        """Decode one item into a record (runs in a worker process)."""
+
+    def summary(self) -> dict[str, int]:
+        """Counts gathered while listing items (for example images listed but missing)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"

@@ -1,0 +1,1 @@
+"""``concepts build``: join sources into one concept dataset."""
