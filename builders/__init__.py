@@ -18,6 +18,11 @@ B = TypeVar("B", bound=type[Builder])
 _REGISTRY: dict[str, type[Builder]] = {}
 _MODULES: tuple[str, ...] = (
     "builders.folder",
+    "builders.ade20k",
+    "builders.ade20k_scene_parsing",
+    "builders.pascal",
+    "builders.opensurfaces",
+    "builders.dtd",
 )
 _loaded = False
 

@@ -2,51 +2,58 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import traceback
+from collections.abc import Callable
+from typing import Any
 
-import click
 import typer
-from typer.core import TyperGroup
 
 from concepts.errors import ConceptsError
 
 
-class _UserError(click.ClickException):
-    """A ConceptsError shown as one line, with the error's own exit code."""
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command so known errors become one line and an exit code (traceback only with --debug)."""
 
-    def __init__(self, err: ConceptsError) -> None:
-        super().__init__(str(err))
-        self.exit_code = err.exit_code
-
-    def show(self, file=None) -> None:  # noqa: ANN001 - click's signature
-        hint = "" if _state["debug"] else " (--debug shows the traceback)"
-        click.echo(f"error: {self.message}{hint if self.exit_code != 2 else ''}", err=True)
-
-
-class _Group(TyperGroup):
-    """Maps known errors to one line and a non-zero exit; tracebacks only with --debug."""
-
-    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            return fn(*args, **kwargs)
         except ConceptsError as err:
             if _state["debug"]:
                 traceback.print_exc()
-            raise _UserError(err) from err
+            hint = "" if _state["debug"] or err.exit_code == 2 else " (--debug shows the traceback)"
+            typer.echo(f"error: {err}{hint}", err=True)
+            raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
 
 
-app = typer.Typer(
-    cls=_Group,
+class _App(typer.Typer):
+    """A Typer app whose commands all map ConceptsError to one line and a non-zero exit."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            register(_friendly(fn))
+            return fn
+
+        return decorator
+
+
+app = _App(
     name="concepts",
     help="Build, validate and publish concept datasets; dissect vision models against them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

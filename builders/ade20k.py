@@ -1,0 +1,292 @@
+"""ADE20K full releases: ``ADE20K_2016_07_26`` (the one Broden used) and ``ADE20K_2021_17_01``.
+
+Both store, next to each ``<name>.jpg``, a ``<name>_seg.png`` whose class is ``(R // 10) * 256 + G``
+(0 unlabeled, ``k`` = ``objectnames[k - 1]``) and part levels ``<name>_parts_N.png`` in the same
+encoding, probed N = 1, 2, ... up to the first missing level (FORMATS.md B.1, B.2, C.2).
+
+* object: the ``_seg.png`` classes; part: one layer per part level, level 1 first (dominant);
+  objects and parts share one name list, so a class that is both (``wheel``) becomes one label
+  with two categories; scene: image-level, normalised by :func:`concepts.vocabulary.scene_name`.
+* 2016: ``index_ade20k.mat`` (MATLAB struct ``index``) gives the file list, scenes and names.
+* 2021: ``index_ade20k.pkl`` (in the dataset folder or its parent, where the release puts it) gives
+  the same fields. It is a pickle, so it is read only from the dataset the user named, and with a
+  restricted unpickler that rebuilds only builtin containers and numpy arrays (anything else is
+  refused, so a tampered file cannot run code). Without it the images are listed from ``images/``,
+  class names come from each image's ``<name>.json`` (``name_ndx`` -> ``name``) and the scene from
+  its folder (``images/ADE/training/urban/street`` -> ``street``).
+
+The record key is the file stem (``ADE_train_00000001``), unique across the release.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.io
+
+from builders import register
+from builders._raster import ade_class_map, present_ids, read_rgb_channels
+from builders.base import Builder, Detection
+from concepts.errors import SourceError, SourceItemError
+from concepts.records import Record, names_tuple
+from concepts.vocabulary import scene_name
+
+log = logging.getLogger(__name__)
+
+INDEX_MAT = "index_ade20k.mat"
+INDEX_PKL = "index_ade20k.pkl"
+
+
+def _candidates(path: Path, preferred: str) -> list[Path]:
+    """``path``, its conventional child, then its other sub-folders: where a release may sit."""
+    out = [path, path / preferred]
+    if path.is_dir():
+        out += sorted(p for p in path.iterdir() if p.is_dir() and p.name != preferred and p.name != "images")
+    return out
+
+
+def _relative_image(folder: str, filename: str, where: Path) -> str:
+    """Image path relative to the release folder: index folders start ``<release>/images/...``."""
+    parts = [p for p in str(folder).replace("\\", "/").split("/") if p not in ("", ".")]
+    if "images" not in parts or ".." in parts:
+        raise SourceError(f"index folder {folder!r} does not lead into images/", path=where)
+    return "/".join(parts[parts.index("images") :] + [str(filename)])
+
+
+def _text(value: Any) -> str:
+    # Empty MATLAB strings load as empty arrays, not "".
+    if isinstance(value, np.ndarray):
+        return "".join(str(v) for v in value.ravel())
+    return str(value)
+
+
+def _scene_table(raw_scenes: list[str]) -> tuple[list[int], list[str]]:
+    """Scene id per image (0 = unlabeled) and the names of ids 1..S, sorted by name."""
+    normalised = [scene_name(s) for s in raw_scenes]
+    names = sorted({n for n in normalised if n})
+    ids = {n: i for i, n in enumerate(names, start=1)}
+    return [ids.get(n, 0) if n else 0 for n in normalised], names
+
+
+class _AdeRelease(Builder):
+    """What both full releases share: listing, RG decoding, part levels, scene labels."""
+
+    KEY = "ade20k"
+
+    def __init__(self, root: str | Path, options: dict | None = None) -> None:
+        super().__init__(root, options)
+        self.base: Path = self.root
+        self.files: list[str] = []
+        self.scene_of: dict[str, int] = {}
+        self.scene_names: list[str] = []
+        self.objectnames: list[str] | None = None
+
+    def items(self) -> list[str]:
+        """Image paths relative to the release folder, in index order."""
+        return list(self.files)
+
+    def _set_index(self, files: list[str], scenes: list[str], objectnames: list[str] | None) -> None:
+        scene_ids, self.scene_names = _scene_table(scenes)
+        self.files = list(dict.fromkeys(files))
+        self.scene_of = dict(zip(files, scene_ids))
+        self.objectnames = objectnames
+
+    def _class_names(self, image: Path) -> dict[int, tuple[str, ...]] | None:
+        """Per-image names of class ids, when the release has no global name list."""
+        return None
+
+    def load(self, item: str) -> Record:
+        """Object classes, part levels and the scene of one image."""
+        image = self.base / item
+        if not image.is_file():
+            raise SourceItemError("image is missing", path=image, reason="missing image")
+        seg_path = image.with_name(f"{image.stem}_seg.png")
+        layers = [("object", seg_path, read_rgb_channels(seg_path, what="segmentation"))]
+        level = 1
+        while (part_path := image.with_name(f"{image.stem}_parts_{level}.png")).is_file():
+            layers.append(("part", part_path, read_rgb_channels(part_path, what="part level")))
+            level += 1
+        per_image = self._class_names(image)
+        record = Record(key=image.stem, image=image)
+        for category, path, rgb in layers:
+            layer = ade_class_map(rgb, path)
+            ids = present_ids(layer)
+            if not ids:
+                continue  # an empty level adds nothing but a blank layer
+            for ident in ids:
+                record.names[(category, ident)] = self._name(ident, per_image, path)
+            record.pixel.setdefault(category, []).append(layer)
+        scene = self.scene_of.get(item, 0)
+        if scene:
+            record.image_level["scene"] = [scene]
+            record.names[("scene", scene)] = (self.scene_names[scene - 1],)
+        return record
+
+    def _name(self, ident: int, per_image: dict[int, tuple[str, ...]] | None, path: Path) -> tuple[str, ...]:
+        if per_image is not None:
+            if ident not in per_image:
+                raise SourceItemError(f"class {ident} has no object in the image's .json", path=path, reason="unknown label id")
+            return per_image[ident]
+        names = self.objectnames or []
+        if ident > len(names):
+            raise SourceItemError(
+                f"class {ident} is outside the index's {len(names)} object names", path=path, reason="unknown label id"
+            )
+        return names_tuple(names[ident - 1])
+
+
+@register
+class Ade20k2016Builder(_AdeRelease):
+    """ADE20K_2016_07_26: ``index_ade20k.mat`` plus per-image ``_seg.png`` and ``_parts_N.png``."""
+
+    NAME = "ade20k"
+    DESCRIPTION = "ADE20K_2016_07_26 full release (index_ade20k.mat, images/{training,validation}/)"
+
+    @staticmethod
+    def _find(path: Path) -> Path | None:
+        for cand in _candidates(path, "ADE20K_2016_07_26"):
+            images = cand / "images"
+            if (cand / INDEX_MAT).is_file() and not (images / "ADE").is_dir():
+                if (images / "training").is_dir() or (images / "validation").is_dir():
+                    return cand
+        return None
+
+    @classmethod
+    def detect(cls, path: Path) -> Detection:
+        """A folder (or its ``ADE20K_2016_07_26`` child) with ``index_ade20k.mat`` and ``images/training``."""
+        if cls._find(path):
+            return Detection.match(1.0)
+        return Detection.missing(f"{INDEX_MAT} beside images/training/ (ADE20K_2016_07_26)")
+
+    def __init__(self, root: str | Path, options: dict | None = None) -> None:
+        super().__init__(root, options)
+        base = self._find(self.root)
+        if base is None:
+            raise SourceError(f"not an ADE20K 2016 release: expected {INDEX_MAT} beside images/training/", path=self.root)
+        self.base = base
+        index = _load_mat_index(base / INDEX_MAT)
+        fields = {}
+        for field in ("filename", "folder", "scene", "objectnames"):
+            if field not in index._fieldnames:
+                raise SourceError(f"struct 'index' has no field {field!r}", path=base / INDEX_MAT)
+            fields[field] = [_text(v) for v in np.atleast_1d(getattr(index, field))]
+        if not len(fields["filename"]) == len(fields["folder"]) == len(fields["scene"]):
+            raise SourceError("index fields filename, folder and scene differ in length", path=base / INDEX_MAT)
+        files = [_relative_image(d, f, base / INDEX_MAT) for d, f in zip(fields["folder"], fields["filename"])]
+        self._set_index(files, fields["scene"], fields["objectnames"])
+
+
+def _load_mat_index(path: Path) -> Any:
+    try:
+        mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False, variable_names=["index"])
+    except NotImplementedError:
+        raise SourceError("MATLAB v7.3 (HDF5) files are not supported", path=path, hint="re-save it with save -v7") from None
+    except (OSError, ValueError, TypeError) as e:
+        raise SourceError(f"cannot read the index: {e}", path=path) from None
+    if "index" not in mat or not hasattr(mat["index"], "_fieldnames"):
+        raise SourceError("no MATLAB struct named 'index'", path=path)
+    return mat["index"]
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    """Rebuilds builtin containers and numpy arrays only; refuses every other class."""
+
+    ALLOWED = {("collections", "OrderedDict"), ("_codecs", "encode")} | {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    } | {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED or (module == "builtins" and name in {"list", "dict", "tuple", "set", "frozenset", "str", "bytes", "int", "float", "bool"}):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in an index file")
+
+
+def _load_pkl_index(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            index = _IndexUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, OSError) as e:
+        raise SourceError(f"cannot read the index: {e}", path=path, hint="only builtin containers and numpy arrays are accepted") from None
+    if not isinstance(index, dict):
+        raise SourceError(f"expected a dict, found {type(index).__name__}", path=path)
+    return index
+
+
+@register
+class Ade20k2021Builder(_AdeRelease):
+    """ADE20K_2021_17_01: ``images/ADE/{training,validation}/<group>/<scene>/`` with per-image JSON."""
+
+    NAME = "ade20k-2021"
+    DESCRIPTION = "ADE20K_2021_17_01 full release (images/ADE/..., optional index_ade20k.pkl)"
+
+    @staticmethod
+    def _find(path: Path) -> Path | None:
+        for cand in _candidates(path, "ADE20K_2021_17_01"):
+            if (cand / "images" / "ADE").is_dir():
+                return cand
+        return None
+
+    @classmethod
+    def detect(cls, path: Path) -> Detection:
+        """A folder (or its ``ADE20K_2021_17_01`` child) with ``images/ADE/``."""
+        base = cls._find(path)
+        if base is None:
+            return Detection.missing("images/ADE/{training,validation}/ (ADE20K_2021_17_01)")
+        return Detection.match(1.0 if any((d / INDEX_PKL).is_file() for d in (path, base)) else 0.9)
+
+    def __init__(self, root: str | Path, options: dict | None = None) -> None:
+        super().__init__(root, options)
+        base = self._find(self.root)
+        if base is None:
+            raise SourceError("not an ADE20K 2021 release: expected images/ADE/", path=self.root)
+        self.base = base
+        # The release puts the index beside the dataset folder; look only there and in what was named.
+        pkl = next((d / INDEX_PKL for d in dict.fromkeys((self.root, base, base.parent)) if (d / INDEX_PKL).is_file()), None)
+        self.index_path = pkl
+        if pkl is not None:
+            index = _load_pkl_index(pkl)
+            missing = [k for k in ("filename", "folder", "scene", "objectnames") if k not in index]
+            if missing:
+                raise SourceError(f"index has no {', '.join(missing)}", path=pkl)
+            filenames, folders, scenes = (list(index[k]) for k in ("filename", "folder", "scene"))
+            if not len(filenames) == len(folders) == len(scenes):
+                raise SourceError("index lists filename, folder and scene differ in length", path=pkl)
+            files = [_relative_image(d, f, pkl) for d, f in zip(folders, filenames)]
+            self._set_index(files, [str(s) for s in scenes], [str(n) for n in index["objectnames"]])
+        else:
+            log.info("%s: no %s; listing images/ and reading names from each image's .json", base, INDEX_PKL)
+            files = sorted(p.relative_to(base).as_posix() for p in (base / "images" / "ADE").rglob("*.jpg"))
+            self._set_index(files, [f.rsplit("/", 2)[-2] for f in files], None)
+
+    def _class_names(self, image: Path) -> dict[int, tuple[str, ...]] | None:
+        if self.objectnames is not None:
+            return None
+        return _json_names(image.with_suffix(".json"))
+
+
+def _json_names(path: Path) -> dict[int, tuple[str, ...]]:
+    """``name_ndx`` -> WordNet names of the objects and parts listed in an image's JSON."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SourceItemError("annotation JSON is missing", path=path, reason="missing annotation") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # Some ADE JSON files are not UTF-8; Latin-1 decodes any byte and keeps ASCII names intact.
+        text = raw.decode("latin-1")
+    try:
+        objects = json.loads(text)["annotation"]["object"]
+        names: dict[int, tuple[str, ...]] = {}
+        for obj in objects:
+            names.setdefault(int(obj["name_ndx"]), names_tuple(str(obj["name"])))
+    except (ValueError, KeyError, TypeError) as e:
+        raise SourceItemError(f"not an ADE20K annotation ({type(e).__name__}: {e})", path=path, reason="bad annotation") from None
+    return names

@@ -1,0 +1,134 @@
+"""ADE20K SceneParsing (``ADEChallengeData2016``): the 150-class benchmark release (FORMATS.md B.3).
+
+Layout::
+
+    ADEChallengeData2016/
+      images/{training,validation}/ADE_*.jpg
+      annotations/{training,validation}/ADE_*.png   8-bit single channel: 0 = other (unlabeled), 1..150
+      objectInfo150.txt     tab-separated Idx Ratio Train Val Name (fields may carry trailing spaces)
+                            or objectInfo150.csv (Idx,Ratio,Train,Val,Stuff,Name; names `;`-separated)
+      sceneCategories.txt   optional: "<stem> <scene>" per line
+
+Annotations were resized from the full release, so they are paired only with this release's images.
+object: the annotation classes (names split on ","); scene: image-level from sceneCategories.txt.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+from builders import register
+from builders._raster import present_ids, read_id_channel
+from builders.base import Builder, Detection
+from concepts.errors import SourceError, SourceItemError
+from concepts.records import Record, names_tuple
+from concepts.vocabulary import scene_name
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _read_object_info(base: Path) -> dict[int, tuple[str, ...]]:
+    """Class index -> names from objectInfo150.txt (or the .csv variant)."""
+    txt, csv_path = base / "objectInfo150.txt", base / "objectInfo150.csv"
+    names: dict[int, tuple[str, ...]] = {}
+    if txt.is_file():
+        lines = txt.read_text(encoding="utf-8", errors="replace").splitlines()
+        for row, line in enumerate(lines, start=1):
+            fields = [f.strip() for f in line.split("\t")]
+            if not line.strip() or fields[0].lower() == "idx":
+                continue
+            if len(fields) < 2 or not fields[0].isdigit():
+                raise SourceError(f"expected 'Idx<TAB>...<TAB>Name', got {line.strip()[:60]!r}", path=txt, row=row)
+            names[int(fields[0])] = names_tuple(fields[-1])
+        source = txt
+    elif csv_path.is_file():
+        with csv_path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not {"Idx", "Name"} <= set(reader.fieldnames or []):
+                raise SourceError("expected columns Idx and Name", path=csv_path)
+            for row, rec in enumerate(reader, start=2):
+                try:
+                    names[int(rec["Idx"].strip())] = tuple(n.strip() for n in rec["Name"].split(";") if n.strip())
+                except (ValueError, AttributeError):
+                    raise SourceError(f"Idx {rec['Idx']!r} is not an integer", path=csv_path, row=row) from None
+        source = csv_path
+    else:
+        raise SourceError("objectInfo150.txt (or objectInfo150.csv) is missing", path=base)
+    if not names:
+        raise SourceError("no classes listed", path=source)
+    return names
+
+
+@register
+class Ade20kSceneParsingBuilder(Builder):
+    """The 150-class ADEChallengeData2016 release: mode-L class PNGs plus scene categories."""
+
+    NAME = "ade20k-sceneparsing"
+    KEY = "ade20k"
+    DESCRIPTION = "ADEChallengeData2016 SceneParsing (images/, annotations/, objectInfo150.txt)"
+
+    @staticmethod
+    def _find(path: Path) -> Path | None:
+        for cand in (path, path / "ADEChallengeData2016"):
+            if (cand / "images").is_dir() and (cand / "annotations").is_dir():
+                if (cand / "objectInfo150.txt").is_file() or (cand / "objectInfo150.csv").is_file():
+                    return cand
+        return None
+
+    @classmethod
+    def detect(cls, path: Path) -> Detection:
+        """``images/``, ``annotations/`` and ``objectInfo150.txt`` (or the release folder above them)."""
+        if cls._find(path):
+            return Detection.match(1.0)
+        return Detection.missing("images/ + annotations/ + objectInfo150.txt (ADEChallengeData2016)")
+
+    def __init__(self, root: str | Path, options: dict | None = None) -> None:
+        super().__init__(root, options)
+        base = self._find(self.root)
+        if base is None:
+            raise SourceError("not an ADEChallengeData2016 release: expected images/, annotations/, objectInfo150.txt", path=self.root)
+        self.base = base
+        self.classes = _read_object_info(base)
+        self.scene_of: dict[str, int] = {}
+        self.scene_names: list[str] = []
+        scenes_path = base / "sceneCategories.txt"
+        if scenes_path.is_file():
+            raw: dict[str, str] = {}
+            for line in scenes_path.read_text(encoding="utf-8", errors="replace").splitlines():
+                fields = line.split()
+                if len(fields) >= 2:
+                    raw[fields[0]] = fields[1]
+            normalised = {stem: scene_name(s) for stem, s in raw.items()}
+            self.scene_names = sorted({n for n in normalised.values() if n})
+            ids = {n: i for i, n in enumerate(self.scene_names, start=1)}
+            self.scene_of = {stem: ids[n] for stem, n in normalised.items() if n}
+
+    def items(self) -> list[str]:
+        """Image paths relative to ``images/`` (``training/ADE_train_00000001.jpg``), sorted."""
+        images = self.base / "images"
+        return sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def load(self, item: str) -> Record:
+        """The object classes and scene of one image."""
+        image = self.base / "images" / item
+        if not image.is_file():
+            raise SourceItemError("image is missing", path=image, reason="missing image")
+        ann_path = (self.base / "annotations" / item).with_suffix(".png")
+        labels = read_id_channel(ann_path, what="annotation")
+        record = Record(key=image.stem, image=image)
+        ids = present_ids(labels)
+        for ident in ids:
+            if ident not in self.classes:
+                raise SourceItemError(f"class {ident} is not listed in objectInfo150", path=ann_path, reason="unknown label id")
+            record.names[("object", ident)] = self.classes[ident]
+        if ids:
+            record.pixel["object"] = [labels]
+        scene = self.scene_of.get(image.stem, 0)
+        if scene:
+            record.image_level["scene"] = [scene]
+            record.names[("scene", scene)] = (self.scene_names[scene - 1],)
+        return record

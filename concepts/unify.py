@@ -1,0 +1,470 @@
+"""Join records from one or more sources into one concept dataset (FORMATS.md A.8-A.12).
+
+Two passes over the items, both in worker processes:
+
+1. *stage*: load the record, decode and resize the image to JPEG, name every pixel's colour, count
+   each source label's frequency and coverage on the unscaled annotations, and keep each label
+   layer resized (nearest) to the segmentation size as source ids in a scratch file;
+2. *encode*: once every statistic is known and labels are numbered, map the staged layers to
+   unified numbers and write the RG-encoded PNGs.
+
+Everything is written into a temporary folder beside the target and renamed into place only when
+complete; results are gathered in item order, so the output does not depend on the worker count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from builders.base import Builder
+from concepts import progress
+from concepts.broden import format as fmt
+from concepts.broden.writer import IndexRow, write_readme, write_syns, write_tables
+from concepts.colors import COLOR_CATEGORY, COLOR_LABEL_NAMES, COLOR_SOURCE, color_ids
+from concepts.errors import ConceptsError, OutputExistsError, SourceItemError, UsageError
+from concepts.vocabulary import Numbering, Vocabulary
+
+log = logging.getLogger(__name__)
+
+#: Decoding refuses images above this many pixels (a deliberate, documented bomb limit).
+MAX_IMAGE_PIXELS = 250_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+Size = tuple[int, int]
+
+
+@dataclass
+class BuildOptions:
+    """Settings of a build; the Broden recipe is ``size=(224, 224)``, 10 and 0.5, colour on."""
+
+    size: Size | None = None
+    seg_size: Size | None = None
+    min_frequency: int = 0
+    min_coverage: float = 0.0
+    color: bool = True
+    splits: list[tuple[str, float]] = field(default_factory=lambda: [("train", 0.7), ("val", 0.3)])
+    synonyms: bool = True
+    ascii_names: bool = False
+    workers: int | None = None
+    strict: bool = False
+    overwrite: bool = False
+    jpeg_quality: int = 90
+
+    def settings(self) -> dict[str, Any]:
+        """The settings recorded in README.txt."""
+        return {
+            "size": self.size,
+            "segmentation_size": self.seg_size,
+            "crop": False,
+            "splits": dict(self.splits),
+            "min_frequency": self.min_frequency,
+            "min_coverage": self.min_coverage,
+            "color": self.color,
+            "synonyms": self.synonyms,
+            "jpeg_quality": self.jpeg_quality,
+        }
+
+
+@dataclass
+class BuildSummary:
+    """What a build did: images per source, what was skipped and why, labels and categories."""
+
+    output: Path
+    images: dict[str, int]
+    skipped: Counter
+    skipped_items: list[tuple[str, str, str]]
+    annotations_skipped: Counter
+    labels: int
+    dropped_labels: int
+    categories: list[str]
+    seconds: float
+
+
+@dataclass
+class _Staged:
+    """Pass-1 result of one item (sent back from a worker)."""
+
+    task: int
+    key: str = ""
+    ih: int = 0
+    iw: int = 0
+    sh: int = 0
+    sw: int = 0
+    layers: list[tuple[str, int]] = field(default_factory=list)
+    image_level: dict[str, list[int]] = field(default_factory=dict)
+    stats: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
+    names: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    error: tuple[str, str, str] | None = None  # (path, reason, message)
+
+
+# -- worker state -------------------------------------------------------------------------------
+_W: dict[str, Any] = {}
+
+
+def _init_worker(sources: list[Builder], work: Path, options: BuildOptions, luts: dict | None) -> None:
+    _W.update(sources=sources, work=work, options=options, luts=luts)
+
+
+def _init_pool_worker(*args: Any) -> None:
+    # Ctrl-C is the parent's to handle: it terminates the pool and removes the partial output.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(*args)
+    # Workers must not fight over the two cores with BLAS or torch threads.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _open_image(data: Any) -> Image.Image:
+    if isinstance(data, Image.Image):
+        return data
+    if isinstance(data, np.ndarray):
+        return Image.fromarray(np.ascontiguousarray(data))
+    if isinstance(data, bytes):
+        return Image.open(io.BytesIO(data))
+    return Image.open(data)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode; alpha is dropped (not composited), 16-bit is scaled down."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im).astype(np.float64)
+        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def _nearest_index(src: int, dst: int) -> np.ndarray:
+    # Pixel-centre sampling: the nearest source pixel of each destination pixel centre.
+    return np.minimum(((np.arange(dst) + 0.5) * (src / dst)).astype(np.intp), src - 1)
+
+
+def _resize_nearest(layer: np.ndarray, size: Size) -> np.ndarray:
+    h, w = layer.shape
+    if (h, w) == size:
+        return layer
+    return layer[np.ix_(_nearest_index(h, size[0]), _nearest_index(w, size[1]))]
+
+
+def _count(layer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct non-zero ids of a layer and their pixel counts."""
+    flat = layer.ravel()
+    top = int(flat.max(initial=0))
+    if top < 1 << 20:
+        counts = np.bincount(flat, minlength=1)
+        ids = np.flatnonzero(counts)
+        ids = ids[ids > 0]
+        return ids, counts[ids]
+    ids, counts = np.unique(flat, return_counts=True)
+    keep = ids > 0
+    return ids[keep], counts[keep]
+
+
+def _stage(task: tuple[int, int, Any]) -> _Staged:
+    index, source_index, item = task
+    source: Builder = _W["sources"][source_index]
+    options: BuildOptions = _W["options"]
+    out = _Staged(task=index)
+    try:
+        record = source.load(item)
+        out.key = record.key
+        out.names = dict(record.names)
+        out.skipped = dict(record.skipped)
+        supply = source.supply
+        pixel = {c: v for c, v in record.pixel.items() if v and (supply is None or c in supply)}
+        image_level = {c: v for c, v in record.image_level.items() if v and (supply is None or c in supply)}
+        try:
+            im = _open_image(record.image)
+            im.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise SourceItemError(f"cannot decode image: {e}", reason="unreadable image", path=str(record.image)[:200]) from None
+        ref = next((np.shape(layers[0]) for layers in pixel.values()), None)
+        transposed = False
+        if ref is not None and (im.height, im.width) != ref and (im.width, im.height) == ref:
+            transposed = True
+            # Annotated on the EXIF-rotated frame while pixels are stored unrotated.
+            im = ImageOps.exif_transpose(im)
+            log.info("%s: applied EXIF orientation to match the annotation size", record.key)
+        rgb_im = _to_rgb(im)
+        h, w = rgb_im.height, rgb_im.width
+        ih, iw = options.size or (h, w)
+        if options.seg_size:
+            sh, sw = options.seg_size
+        elif options.size:
+            sh, sw = max(ih // 2, 1), max(iw // 2, 1)
+        else:
+            sh, sw = ih, iw
+        out.ih, out.iw, out.sh, out.sw = ih, iw, sh, sw
+        if options.color and (supply is None or COLOR_CATEGORY in supply):
+            pixel = {COLOR_CATEGORY: [color_ids(np.asarray(rgb_im))], **pixel}
+            out.names.update(COLOR_LABEL_NAMES)
+        jpeg = _W["work"] / f"{index}.jpg"
+        if (ih, iw) == (h, w) and rgb_im is im and not transposed and isinstance(record.image, Path) and _is_jpeg(record.image):
+            shutil.copyfile(record.image, jpeg)  # already what we would write: avoid a lossy re-encode
+        else:
+            small = rgb_im if (ih, iw) == (h, w) else rgb_im.resize((iw, ih), Image.BILINEAR, reducing_gap=3.0)
+            small.save(jpeg, "JPEG", quality=options.jpeg_quality)
+        staged_layers = []
+        for category, layers in pixel.items():
+            seen: dict[int, float] = {}
+            for layer in layers:
+                layer = np.asarray(layer)
+                if layer.ndim != 2:
+                    raise SourceItemError(f"{category} layer has shape {layer.shape}, expected 2-D", reason="bad annotation")
+                if layer.dtype.kind not in "ui" or (layer.dtype.kind == "i" and layer.min(initial=0) < 0):
+                    raise SourceItemError(f"{category} layer must hold non-negative integer ids", reason="bad annotation")
+                ids, counts = _count(layer)
+                area = float(layer.size)
+                for i, c in zip(ids.tolist(), counts.tolist()):
+                    seen[i] = seen.get(i, 0.0) + c / area
+                staged_layers.append(_resize_nearest(layer, (sh, sw)))
+                out.layers.append((category, 1))
+            for i, cov in seen.items():
+                if (category, i) not in out.names:
+                    raise SourceItemError(f"{category} label id {i} has no name", reason="unknown label id")
+                out.stats[(category, i)] = (1, cov)
+        for category, ids in image_level.items():
+            unique = list(dict.fromkeys(int(i) for i in ids if int(i) > 0))
+            for i in unique:
+                if (category, i) not in out.names:
+                    raise SourceItemError(f"{category} label id {i} has no name", reason="unknown label id")
+                out.stats[(category, i)] = (1, 1.0)
+            if unique:
+                out.image_level[category] = unique
+        if staged_layers:
+            stack = np.stack(staged_layers)
+            dtype = np.uint16 if stack.max(initial=0) <= 0xFFFF else np.int64
+            np.save(_W["work"] / f"{index}.npy", stack.astype(dtype, copy=False))
+        out.names = {k: v for k, v in out.names.items() if k in out.stats}
+    except SourceItemError as e:
+        out.error = (str(e.path or item), e.reason, e.message)
+    except (OSError, ValueError) as e:
+        # Corrupt source files surface as decoder errors; they skip the item like any bad input.
+        out.error = (str(item), "unreadable", f"{type(e).__name__}: {e}")
+    return out
+
+
+def _is_jpeg(path: Path) -> bool:
+    return path.suffix.lower() in (".jpg", ".jpeg")
+
+
+def _encode(task: tuple[int, str, str, list[tuple[str, int]]]) -> dict[str, list[str]]:
+    """Pass 2: map staged source ids to unified numbers and write the label PNGs."""
+    index, source_key, stem, layers = task
+    work: Path = _W["work"]
+    luts: dict[tuple[str, str], np.ndarray] = _W["luts"]
+    if not layers:
+        return {}
+    stack = np.load(work / f"{index}.npy")
+    cells: dict[str, list[np.ndarray]] = {}
+    for (category, _), layer in zip(layers, stack):
+        lut = luts.get((source_key if category != COLOR_CATEGORY else COLOR_SOURCE, category))
+        if lut is None:
+            continue
+        mapped = lut[np.minimum(layer, len(lut) - 1)]
+        if mapped.any():
+            cells.setdefault(category, []).append(mapped)
+    out: dict[str, list[str]] = {}
+    folder = work.parent / fmt.IMAGES_DIR / source_key
+    for category, maps in cells.items():
+        names = []
+        for n, mapped in enumerate(maps, start=1):
+            name = fmt.segmentation_name(stem, category, n, len(maps))
+            Image.fromarray(fmt.encode_rg(mapped), "RGB").save(folder / name, compress_level=6)
+            names.append(f"{source_key}/{name}")
+        out[category] = names
+    (work / f"{index}.npy").unlink()
+    return out
+
+
+# -- the driver ---------------------------------------------------------------------------------
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def output_stem(key: str) -> str:
+    """ASCII file stem from a record key: folders joined by ``__``, unsafe characters to ``_``."""
+    text = unicodedata.normalize("NFKD", key).encode("ascii", "ignore").decode("ascii")
+    text = text.replace("\\", "/").strip("/")
+    stem, _ = os.path.splitext(text) if re.search(r"\.(jpe?g|png|bmp|tiff?|webp)$", text, re.I) else (text, "")
+    parts = [_UNSAFE.sub("_", p).strip("._") for p in stem.split("/") if p not in ("", ".", "..")]
+    return "__".join(p for p in parts if p) or "image"
+
+
+def _unique_keys(sources: Sequence[Builder]) -> list[str]:
+    seen: Counter = Counter()
+    keys = []
+    for source in sources:
+        base = output_stem(source.key) or source.NAME
+        seen[base] += 1
+        keys.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return keys
+
+
+def _pool(workers: int, sources: list[Builder], work: Path, options: BuildOptions, luts: dict | None):
+    # fork, as torch DataLoader does on Linux: workers inherit the builders without re-importing __main__.
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    return ctx.Pool(workers, initializer=_init_pool_worker, initargs=(sources, work, options, luts))
+
+
+def _run(fn, tasks: list, workers: int, sources, work, options, luts, desc: str, unit: str) -> list:
+    if workers <= 1 or len(tasks) <= 1:
+        _init_worker(sources, work, options, luts)
+        return list(progress.progress(map(fn, tasks), desc=desc, total=len(tasks), unit=unit))
+    pool = _pool(workers, sources, work, options, luts)
+    try:
+        chunk = max(1, min(16, len(tasks) // (workers * 8)))
+        results = list(progress.progress(pool.imap(fn, tasks, chunksize=chunk), desc=desc, total=len(tasks), unit=unit))
+        pool.close()
+        return results
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def build_dataset(sources: Sequence[Builder], out: str | Path, options: BuildOptions | None = None) -> BuildSummary:
+    """Build one concept dataset in ``out`` from the records of ``sources``."""
+    options = options or BuildOptions()
+    started = time.perf_counter()
+    out = Path(out).absolute()
+    if not sources:
+        raise UsageError("no sources given")
+    if out.exists() and not options.overwrite:
+        raise OutputExistsError("output already exists", path=out, hint="pass --overwrite to replace it")
+    workers = options.workers or os.cpu_count() or 1
+    keys = _unique_keys(sources)
+    for source, key in zip(sources, keys):
+        source.key = key
+    sources = list(sources)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        work = tmp / ".work"
+        work.mkdir()
+        tasks = []
+        for si, source in enumerate(sources):
+            for item in source.items():
+                tasks.append((len(tasks), si, item))
+        log.info("building from %d items in %d source(s) with %d worker(s)", len(tasks), len(sources), workers)
+        staged: list[_Staged] = _run(_stage, tasks, workers, sources, work, options, None, "staging", "img")
+
+        skipped: Counter = Counter()
+        skipped_items = []
+        annotations_skipped: Counter = Counter()
+        vocab = Vocabulary(synonyms=options.synonyms, ascii_only=options.ascii_names)
+        kept: list[_Staged] = []
+        for st in staged:
+            source = sources[tasks[st.task][1]]
+            if st.error:
+                path, reason, message = st.error
+                if options.strict:
+                    raise SourceItemError(message, reason=reason, path=path, hint="drop --strict to skip such items")
+                log.warning("%s: %s (skipped)", path, message)
+                skipped[reason] += 1
+                skipped_items.append(st.error)
+                continue
+            annotations_skipped.update(st.skipped)
+            if not st.layers and not st.image_level:
+                skipped["no data"] += 1
+                continue
+            for (category, ident), (freq, cov) in st.stats.items():
+                src = COLOR_SOURCE if category == COLOR_CATEGORY else source.key
+                vocab.add((src, category, ident), st.names[(category, ident)], freq, cov)
+            kept.append(st)
+        numbering = vocab.resolve(min_frequency=options.min_frequency, min_coverage=options.min_coverage)
+        if not numbering.labels:
+            raise UsageError("no label survived; nothing to write", hint="check the sources and the --min-frequency/--min-coverage filters")
+        luts = _lookup_tables(numbering)
+
+        stems: dict[int, str] = {}
+        used: set[tuple[str, str]] = set()
+        for st in kept:
+            source_key = sources[tasks[st.task][1]].key
+            stem = output_stem(st.key)
+            if (source_key, stem.lower()) in used:
+                stem = f"{stem}-{hashlib.md5(st.key.encode('utf-8')).hexdigest()[:8]}"
+            used.add((source_key, stem.lower()))
+            stems[st.task] = stem
+            (tmp / fmt.IMAGES_DIR / source_key).mkdir(parents=True, exist_ok=True)
+        encode_tasks = [(st.task, sources[tasks[st.task][1]].key, stems[st.task], st.layers) for st in kept]
+        cells_list = _run(_encode, encode_tasks, workers, sources, work, options, luts, "encoding", "img")
+
+        rows = []
+        per_source: Counter = Counter()
+        for st, (_, source_key, stem, _), cells in zip(kept, encode_tasks, cells_list):
+            image = f"{source_key}/{stem}.jpg"
+            (work / f"{st.task}.jpg").rename(tmp / fmt.IMAGES_DIR / image)
+            text = {c: ";".join(paths) for c, paths in cells.items()}
+            for category, ids in st.image_level.items():
+                numbers = list(dict.fromkeys(n for n in (luts[(source_key, category)][i] for i in ids) if n))
+                if numbers:
+                    text[category] = ";".join(str(n) for n in numbers)
+            rows.append(IndexRow(image, fmt.assign_split(image, options.splits), st.ih, st.iw, st.sh, st.sw, text))
+            per_source[source_key] += 1
+        rows.sort(key=lambda r: (fmt.split_hash(r.image), r.image))
+        shutil.rmtree(work)
+        categories = write_tables(tmp, numbering, rows)
+        write_syns(tmp, numbering)
+        write_readme(tmp, out.name, {s.key: per_source[s.key] for s in sources}, options.settings())
+        _move_into_place(tmp, out, options.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary = BuildSummary(
+        output=out,
+        images=dict(per_source),
+        skipped=skipped,
+        skipped_items=skipped_items,
+        annotations_skipped=annotations_skipped,
+        labels=len(numbering.labels),
+        dropped_labels=numbering.dropped,
+        categories=categories,
+        seconds=time.perf_counter() - started,
+    )
+    log.info("wrote %d images, %d labels in %.1f s to %s", len(rows), summary.labels, summary.seconds, out)
+    return summary
+
+
+def _lookup_tables(numbering: Numbering) -> dict[tuple[str, str], np.ndarray]:
+    """Per (source, category), an array mapping source id to unified number."""
+    top: dict[tuple[str, str], int] = {}
+    for (source, category, ident) in numbering.mapping:
+        top[(source, category)] = max(top.get((source, category), 0), ident)
+    luts = {key: np.zeros(n + 2, dtype=np.int32) for key, n in top.items()}
+    for (source, category, ident), number in numbering.mapping.items():
+        luts[(source, category)][ident] = number
+    return luts
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not overwrite:
+            raise OutputExistsError("output already exists", path=out, hint="pass --overwrite to replace it")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "previous")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+__all__ = ["BuildOptions", "BuildSummary", "ConceptsError", "build_dataset", "output_stem"]

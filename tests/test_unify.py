@@ -1,0 +1,271 @@
+"""The unifier: numbering, merging, filters, resizing, split, determinism and safe output."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from builders.base import Builder, Detection
+from builders.folder import FolderBuilder
+from concepts import open_dataset
+from concepts.broden.format import split_hash
+from concepts.errors import OutputExistsError, SourceItemError
+from concepts.records import Record
+from concepts.unify import BuildOptions, build_dataset, output_stem
+from folder_source import solid, write_folder_source
+
+RED = (255, 0, 0)
+
+
+def square(h: int, w: int, top: int, left: int, side: int, value: int) -> np.ndarray:
+    out = np.zeros((h, w), np.uint8)
+    out[top : top + side, left : left + side] = value
+    return out
+
+
+@pytest.fixture
+def source_a(tmp_path: Path) -> Path:
+    images = {f"im{i}.jpg": solid(40, 40, RED) for i in range(4)}
+    masks = {}
+    for i in range(4):
+        m = square(40, 40, 0, 0, 20, 1)
+        if i < 2:
+            m[30:40, 30:40] = 2
+        masks[f"im{i}.jpg"] = m
+    return write_folder_source(
+        tmp_path / "a",
+        images,
+        {"object": masks},
+        {("object", 1): ["dog"], ("object", 2): ["cat"]},
+        tags=[("im0.jpg", "scene", "beach-s")],
+    )
+
+
+def build(sources, out: Path, **kw) -> Path:
+    kw.setdefault("workers", 1)
+    build_dataset(sources, out, BuildOptions(**kw))
+    return out
+
+
+def test_numbering_by_frequency_then_coverage(source_a: Path, tmp_path: Path) -> None:
+    ds = open_dataset(build([FolderBuilder(source_a)], tmp_path / "out"))
+    names = {n: lab.name for n, lab in ds.labels.items()}
+    assert names == {1: "red-c", 2: "dog", 3: "cat", 4: "beach-s"}
+    assert ds.labels[2].categories == {"object": 4}
+    assert ds.labels[2].coverage == pytest.approx(1.0)
+    assert ds.labels[3].frequency == 2 and ds.labels[3].coverage == pytest.approx(0.125)
+    assert ds.category_names == ["color", "object", "scene"]
+    assert [(c.first, c.last, c.count, c.frequency) for c in ds.categories] == [(1, 1, 1, 4), (2, 3, 2, 6), (4, 4, 1, 1)]
+
+
+def test_round_trip_label_arrays(source_a: Path, tmp_path: Path) -> None:
+    ds = open_dataset(build([FolderBuilder(source_a)], tmp_path / "out"))
+    by_name = {Path(s.image).stem: s for s in ds}
+    for i in range(4):
+        sample = by_name[f"im{i}"]
+        expected = square(40, 40, 0, 0, 20, 2).astype(np.int32)
+        if i < 2:
+            expected[30:40, 30:40] = 3
+        got = ds.load_labels(sample, "object")
+        assert got.shape == (1, 40, 40) and got.dtype == np.int32
+        np.testing.assert_array_equal(got[0], expected)
+        np.testing.assert_array_equal(ds.load_labels(sample, "color"), np.ones((1, 40, 40)))
+        assert ds.load_labels(sample, "scene") == ([4] if i == 0 else [])
+        assert (sample.ih, sample.iw, sample.sh, sample.sw) == (40, 40, 40, 40)
+    assert ds.load_image(by_name["im0"]).shape == (40, 40, 3)
+
+
+def test_equal_statistics_tie_break_by_name(tmp_path: Path) -> None:
+    src = write_folder_source(
+        tmp_path / "s",
+        {"a.jpg": solid(10, 10, RED)},
+        {"object": {"a.jpg": np.array([[1] * 5 + [2] * 5] * 10)}},
+        {("object", 1): ["cow"], ("object", 2): ["ant"]},
+    )
+    ds = open_dataset(build([FolderBuilder(src)], tmp_path / "out"))
+    assert [ds.labels[n].name for n in (2, 3)] == ["ant", "cow"]
+
+
+def test_names_merge_across_sources_and_categories(source_a: Path, tmp_path: Path) -> None:
+    b = write_folder_source(
+        tmp_path / "b",
+        {"x.jpg": solid(40, 40, RED)},
+        {
+            "part": {"x.jpg": square(40, 40, 0, 0, 10, 1)},
+            "object": {"x.jpg": square(40, 40, 20, 20, 10, 5)},
+        },
+        {("part", 1): ["dog"], ("object", 5): ["cat", "kitty"]},
+    )
+    ds = open_dataset(build([FolderBuilder(source_a), FolderBuilder(b)], tmp_path / "out"))
+    dog = [lab for lab in ds.labels.values() if lab.name == "dog"]
+    assert len(dog) == 1 and dog[0].categories == {"object": 4, "part": 1}
+    # "cat" was claimed by source a's more frequent label; b's label still owns "kitty" and keeps it.
+    assert {lab.name for lab in ds.labels.values()} >= {"cat", "kitty"}
+    sample = next(s for s in ds if s.image.startswith("folder-2/"))
+    part = ds.load_labels(sample, "part")[0]
+    assert set(np.unique(part)) == {0, dog[0].number}
+    assert ds.labels[dog[0].number].primary == "object"
+
+
+def test_label_with_only_claimed_names_merges_into_owner(tmp_path: Path) -> None:
+    a = write_folder_source(
+        tmp_path / "a",
+        {f"{i}.jpg": solid(10, 10, RED) for i in range(3)},
+        {"object": {f"{i}.jpg": square(10, 10, 0, 0, 5, 1) for i in range(3)}},
+        {("object", 1): ["person", "individual"]},
+    )
+    b = write_folder_source(
+        tmp_path / "b",
+        {"0.jpg": solid(10, 10, RED)},
+        {"object": {"0.jpg": square(10, 10, 0, 0, 5, 7) + square(10, 10, 5, 5, 5, 8)}},
+        {("object", 7): ["individual"], ("object", 8): ["human", "person"]},
+    )
+    ds = open_dataset(build([FolderBuilder(a), FolderBuilder(b)], tmp_path / "out"))
+    person = next(lab for lab in ds.labels.values() if lab.name == "person")
+    human = next(lab for lab in ds.labels.values() if lab.name == "human")
+    assert person.categories == {"object": 4} and "individual" in person.syns
+    assert human.frequency == 1
+    sample = next(s for s in ds if s.image.startswith("folder-2/"))
+    layer = ds.load_labels(sample, "object")[0]
+    assert layer[0, 0] == person.number and layer[9, 9] == human.number
+
+
+def test_filters_drop_rare_labels_to_unlabeled(source_a: Path, tmp_path: Path) -> None:
+    ds = open_dataset(build([FolderBuilder(source_a)], tmp_path / "out", min_frequency=3, min_coverage=0.5))
+    assert [lab.name for lab in ds.labels.values()] == ["red-c", "dog"]
+    assert "scene" not in ds.category_names
+    for sample in ds:
+        assert set(np.unique(ds.load_labels(sample, "object"))) == {0, 2}
+
+
+def test_resizing_images_and_segmentations(source_a: Path, tmp_path: Path) -> None:
+    ds = open_dataset(build([FolderBuilder(source_a)], tmp_path / "out", size=(20, 30)))
+    sample = next(s for s in ds if s.image.endswith("im0.jpg"))
+    assert (sample.ih, sample.iw, sample.sh, sample.sw) == (20, 30, 10, 15)
+    with Image.open(ds.image_path(sample)) as im:
+        assert im.size == (30, 20)
+    rows = ((np.arange(10) + 0.5) * 4).astype(int)
+    cols = ((np.arange(15) + 0.5) * 40 / 15).astype(int)
+    src = square(40, 40, 0, 0, 20, 2).astype(np.int32)
+    src[30:, 30:] = 3
+    np.testing.assert_array_equal(ds.load_labels(sample, "object")[0], src[np.ix_(rows, cols)])
+    ds2 = open_dataset(build([FolderBuilder(source_a)], tmp_path / "out2", size=(20, 20), seg_size=(5, 5)))
+    assert {(s.sh, s.sw) for s in ds2} == {(5, 5)}
+
+
+def test_split_follows_md5_rule_and_rows_are_hash_ordered(source_a: Path, tmp_path: Path) -> None:
+    ds = open_dataset(build([FolderBuilder(source_a)], tmp_path / "out", splits=[("train", 0.5), ("val", 0.5)]))
+    hashes = [split_hash(s.image) for s in ds]
+    assert hashes == sorted(hashes)
+    assert [s.split for s in ds] == ["train" if h <= 0.5 else "val" for h in hashes]
+
+
+def test_output_identical_for_any_worker_count(source_a: Path, tmp_path: Path) -> None:
+    one = build([FolderBuilder(source_a)], tmp_path / "w1" / "out", size=(16, 16), workers=1)
+    two = build([FolderBuilder(source_a)], tmp_path / "w2" / "out", size=(16, 16), workers=2)
+    files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two).as_posix() for p in two.rglob("*") if p.is_file())
+    _, mismatch, errors = filecmp.cmpfiles(one, two, files, shallow=False)
+    assert mismatch == [] and errors == []
+
+
+class _Layered(Builder):
+    """Two overlapping part layers and an image that fails on demand."""
+
+    NAME = "test-layered"
+
+    @classmethod
+    def detect(cls, path: Path) -> Detection:
+        return Detection.missing("never")
+
+    def items(self) -> list[int]:
+        return list(range(int(self.options.get("n", 3))))
+
+    def load(self, item: int) -> Record:
+        time.sleep(self.options.get("sleep", 0))
+        if item == self.options.get("interrupt_at"):
+            raise KeyboardInterrupt
+        if item == self.options.get("corrupt_at"):
+            return Record(key=f"img{item}", image=b"not an image")
+        top = np.zeros((8, 8), np.int32)
+        top[:4] = 1
+        under = np.zeros((8, 8), np.int32)
+        under[:, :4] = 2
+        return Record(
+            key=f"sub dir/img {item}.png",
+            image=solid(8, 8, RED),
+            pixel={"part": [top, under]},
+            names={("part", 1): ("wheel",), ("part", 2): ("door",)},
+        )
+
+
+def test_multi_layer_cells(tmp_path: Path) -> None:
+    ds = open_dataset(build([_Layered(tmp_path)], tmp_path / "out"))
+    sample = ds[0]
+    assert sample.pixel_paths("part") == [f"test-layered/sub_dir__img_{sample.image[-5]}_part_{n}.png" for n in (1, 2)]
+    layers = ds.load_labels(sample, "part")
+    assert layers.shape == (2, 8, 8)
+    wheel = next(n for n, lab in ds.labels.items() if lab.name == "wheel")
+    door = next(n for n, lab in ds.labels.items() if lab.name == "door")
+    assert (layers[0][:4] == wheel).all() and (layers[0][4:] == 0).all()
+    assert (layers[1][:, :4] == door).all() and (layers[1][:, 4:] == 0).all()
+
+
+def test_corrupt_item_is_skipped_or_fails_under_strict(tmp_path: Path) -> None:
+    summary = build_dataset([_Layered(tmp_path, {"corrupt_at": 1})], tmp_path / "out", BuildOptions(workers=1))
+    assert summary.skipped == {"unreadable image": 1} and summary.images == {"test-layered": 2}
+    with pytest.raises(SourceItemError, match="cannot decode image"):
+        build_dataset([_Layered(tmp_path, {"corrupt_at": 1})], tmp_path / "strict", BuildOptions(workers=1, strict=True))
+    assert not (tmp_path / "strict").exists()
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_interrupted_build_leaves_nothing_and_keeps_previous_result(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset([_Layered(tmp_path, {"interrupt_at": 2})], out, BuildOptions(workers=1))
+    assert not out.exists() and _leftovers(tmp_path) == []
+    build([_Layered(tmp_path, {"n": 2})], out)
+    before = (out / "index.csv").read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset([_Layered(tmp_path, {"interrupt_at": 2})], out, BuildOptions(workers=1, overwrite=True))
+    assert (out / "index.csv").read_bytes() == before and _leftovers(tmp_path) == []
+
+
+def test_interrupt_with_worker_processes(tmp_path: Path) -> None:
+    # Ctrl-C reaches the parent while workers are busy; the pool goes and nothing is left behind.
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_dataset([_Layered(tmp_path, {"n": 200, "sleep": 0.05})], tmp_path / "out", BuildOptions(workers=2))
+    finally:
+        timer.cancel()
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_existing_output_is_refused_without_overwrite(source_a: Path, tmp_path: Path) -> None:
+    out = build([FolderBuilder(source_a)], tmp_path / "out")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        build([FolderBuilder(source_a)], out)
+    build([FolderBuilder(source_a)], out, overwrite=True, color=False)
+    assert "color" not in open_dataset(out).category_names
+
+
+@pytest.mark.parametrize(
+    ("key", "stem"),
+    [("training/abbey/ADE_1.jpg", "training__abbey__ADE_1"), ("Café au lait.png", "Cafe_au_lait"), ("../x/./y", "x__y"), ("a.b", "a.b")],
+)
+def test_output_stem_is_ascii_and_path_derived(key: str, stem: str) -> None:
+    assert output_stem(key) == stem
