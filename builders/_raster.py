@@ -1,4 +1,5 @@
-"""Raster helpers shared by the builders: decoding annotation images into label-id arrays.
+"""Helpers shared by the builders: decoding annotation images into label-id arrays, and finding
+where a release sits inside the folder a user named (or an archive was extracted to).
 
 Every failure to read one item's file becomes a :class:`~concepts.errors.SourceItemError`, so the
 unifier skips that item (or stops under ``--strict``) with one line naming the file.
@@ -86,3 +87,14 @@ def present_ids(layer: np.ndarray) -> list[int]:
     if flat.size and 0 <= flat.min() and flat.max() < 1 << 20:
         return [int(i) for i in np.flatnonzero(np.bincount(flat)) if i]
     return [int(i) for i in np.unique(flat) if i]
+
+
+def candidate_dirs(path: Path, preferred: str) -> list[Path]:
+    """``path``, its conventional child ``preferred``, then its other sub-folders, in that order.
+
+    Releases are often named by their parent folder, or extracted from an archive into one.
+    """
+    out = [path, path / preferred]
+    if path.is_dir():
+        out += sorted(p for p in path.iterdir() if p.is_dir() and p.name not in (preferred, "images"))
+    return out

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.io
 
 from builders import register
-from builders._raster import ade_class_map, present_ids, read_rgb_channels
+from builders._raster import ade_class_map, candidate_dirs, present_ids, read_rgb_channels
 from builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record, names_tuple
@@ -40,14 +40,6 @@ log = logging.getLogger(__name__)
 
 INDEX_MAT = "index_ade20k.mat"
 INDEX_PKL = "index_ade20k.pkl"
-
-
-def _candidates(path: Path, preferred: str) -> list[Path]:
-    """``path``, its conventional child, then its other sub-folders: where a release may sit."""
-    out = [path, path / preferred]
-    if path.is_dir():
-        out += sorted(p for p in path.iterdir() if p.is_dir() and p.name != preferred and p.name != "images")
-    return out
 
 
 def _relative_image(folder: str, filename: str, where: Path) -> str:
@@ -149,7 +141,7 @@ class Ade20k2016Builder(_AdeRelease):
 
     @staticmethod
     def _find(path: Path) -> Path | None:
-        for cand in _candidates(path, "ADE20K_2016_07_26"):
+        for cand in candidate_dirs(path, "ADE20K_2016_07_26"):
             images = cand / "images"
             if (cand / INDEX_MAT).is_file() and not (images / "ADE").is_dir():
                 if (images / "training").is_dir() or (images / "validation").is_dir():
@@ -186,8 +178,8 @@ def _load_mat_index(path: Path) -> Any:
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False, variable_names=["index"])
     except NotImplementedError:
         raise SourceError("MATLAB v7.3 (HDF5) files are not supported", path=path, hint="re-save it with save -v7") from None
-    except (OSError, ValueError, TypeError) as e:
-        raise SourceError(f"cannot read the index: {e}", path=path) from None
+    except Exception as e:  # noqa: BLE001 - scipy reports corrupt files with many exception types
+        raise SourceError(f"cannot read the index ({type(e).__name__}: {e})", path=path) from None
     if "index" not in mat or not hasattr(mat["index"], "_fieldnames"):
         raise SourceError("no MATLAB struct named 'index'", path=path)
     return mat["index"]
@@ -228,7 +220,7 @@ class Ade20k2021Builder(_AdeRelease):
 
     @staticmethod
     def _find(path: Path) -> Path | None:
-        for cand in _candidates(path, "ADE20K_2021_17_01"):
+        for cand in candidate_dirs(path, "ADE20K_2021_17_01"):
             if (cand / "images" / "ADE").is_dir():
                 return cand
         return None

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from builders import register
-from builders._raster import present_ids, read_id_channel
+from builders._raster import candidate_dirs, present_ids, read_id_channel
 from builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record, names_tuple
@@ -73,7 +73,7 @@ class Ade20kSceneParsingBuilder(Builder):
 
     @staticmethod
     def _find(path: Path) -> Path | None:
-        for cand in (path, path / "ADEChallengeData2016"):
+        for cand in candidate_dirs(path, "ADEChallengeData2016"):
             if (cand / "images").is_dir() and (cand / "annotations").is_dir():
                 if (cand / "objectInfo150.txt").is_file() or (cand / "objectInfo150.csv").is_file():
                     return cand

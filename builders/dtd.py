@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from builders import register
+from builders._raster import candidate_dirs
 from builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record
@@ -36,7 +37,7 @@ class DtdBuilder(Builder):
 
     @staticmethod
     def _find(path: Path) -> Path | None:
-        for cand in (path, path / "dtd"):
+        for cand in candidate_dirs(path, "dtd"):
             if (cand / "images").is_dir() and (cand / JOINT).is_file():
                 return cand
         return None

@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from builders import register
-from builders._raster import image_size, present_ids, read_rgb_channels
+from builders._raster import candidate_dirs, image_size, present_ids, read_rgb_channels
 from builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError, UsageError
 from concepts.records import Record
@@ -92,7 +92,7 @@ class OpenSurfacesBuilder(Builder):
 
     @staticmethod
     def _find(path: Path) -> Path | None:
-        for cand in (path, path / "opensurfaces"):
+        for cand in candidate_dirs(path, "opensurfaces"):
             if (cand / "photos.csv").is_file() and (cand / "photos-labels").is_dir():
                 return cand
         return None

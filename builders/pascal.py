@@ -179,14 +179,18 @@ def read_context_labels(path: Path) -> dict[int, str]:
     return out
 
 
-def _scan(root: Path, depth: int = 4) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """Folders and the two helper files under ``root``, breadth first, sorted, not inside image folders."""
+def _scan(root: Path, depth: int = 4, budget: int = 2000) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Folders and the two helper files under ``root``: breadth first, sorted, not inside image
+    folders, at most ``budget`` folders listed (detection runs on whatever path a user names)."""
     dirs: dict[str, list[Path]] = {}
     files: dict[str, list[Path]] = {}
     level = [root]
     for _ in range(depth + 1):
         deeper = []
         for folder in level:
+            budget -= 1
+            if budget < 0:
+                return dirs, files
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError:
@@ -386,8 +390,8 @@ def _loadmat(path: Path, variable: str) -> np.ndarray:
         mat = scipy.io.loadmat(path, variable_names=[variable])
     except NotImplementedError:
         raise SourceItemError("MATLAB v7.3 (HDF5) files are not supported", path=path, reason="unsupported .mat") from None
-    except (OSError, ValueError, TypeError, EOFError) as e:
-        raise SourceItemError(f"cannot read .mat: {e}", path=path, reason="unreadable annotation") from None
+    except Exception as e:  # noqa: BLE001 - scipy reports corrupt files with many exception types
+        raise SourceItemError(f"cannot read .mat ({type(e).__name__}: {e})", path=path, reason="unreadable annotation") from None
     if variable not in mat:
         raise SourceItemError(f"no variable {variable!r}", path=path, reason="bad annotation")
     return np.asarray(mat[variable])
