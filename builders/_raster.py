@@ -63,7 +63,8 @@ def ade_class_map(rgb: np.ndarray, path: Path) -> np.ndarray:
     if np.any(red % 10):
         # MATLAB's converter rounds R/10; real files hold multiples of 10, so floor is equal there.
         log.warning("%s: red values that are not multiples of 10; class ids use R // 10", path)
-    return (red.astype(np.int32) // 10) * 256 + rgb[..., 1].astype(np.int32)
+    # uint16 holds every class (at most 25 * 256 + 255) at half the memory traffic of int32.
+    return ((red // 10).astype(np.uint16) << 8) | rgb[..., 1]
 
 
 def image_size(path: Path) -> tuple[int, int] | None:

@@ -32,6 +32,8 @@ def color_table() -> np.ndarray:
 def color_ids(rgb: np.ndarray) -> np.ndarray:
     """Colour id (1..11) of every pixel of an ``H x W x 3`` uint8 RGB image."""
     rgb = np.asarray(rgb, dtype=np.uint8)
-    q = rgb >> 3
-    index = (q[..., 0].astype(np.intp) << 10) | (q[..., 1].astype(np.intp) << 5) | q[..., 2]
-    return color_table()[index]
+    # 15-bit indices fit uint16: a quarter of the memory traffic of intp on full-size photos.
+    index = (rgb[..., 0] >> 3).astype(np.uint16) << 10
+    index |= (rgb[..., 1] >> 3).astype(np.uint16) << 5
+    index |= rgb[..., 2] >> 3
+    return color_table().take(index)

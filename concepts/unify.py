@@ -289,7 +289,7 @@ def _encode(task: tuple[int, str, str, list[tuple[str, int]]]) -> dict[str, list
         names = []
         for n, mapped in enumerate(maps, start=1):
             name = fmt.segmentation_name(stem, category, n, len(maps))
-            Image.fromarray(fmt.encode_rg(mapped), "RGB").save(folder / name, compress_level=6)
+            Image.fromarray(fmt.encode_rg(mapped), "RGB").save(folder / name, compress_level=1)
             names.append(f"{source_key}/{name}")
         out[category] = names
     (work / f"{index}.npy").unlink()
