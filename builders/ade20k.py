@@ -138,9 +138,12 @@ class Ade20k2016Builder(_AdeRelease):
 
     NAME = "ade20k"
     DESCRIPTION = "ADE20K_2016_07_26 full release (index_ade20k.mat, images/{training,validation}/)"
+    EXPECTS = f"{INDEX_MAT} beside images/training/ (ADE20K_2016_07_26)"
+    RELEASE = 'an ADE20K 2016 release'
 
-    @staticmethod
-    def _find(path: Path) -> Path | None:
+    @classmethod
+    def locate(cls, path: Path) -> Path | None:
+        """The release folder: ``path`` or one of its sub-folders."""
         for cand in candidate_dirs(path, "ADE20K_2016_07_26"):
             images = cand / "images"
             if (cand / INDEX_MAT).is_file() and not (images / "ADE").is_dir():
@@ -148,19 +151,9 @@ class Ade20k2016Builder(_AdeRelease):
                     return cand
         return None
 
-    @classmethod
-    def detect(cls, path: Path) -> Detection:
-        """A folder (or its ``ADE20K_2016_07_26`` child) with ``index_ade20k.mat`` and ``images/training``."""
-        if cls._find(path):
-            return Detection.match(1.0)
-        return Detection.missing(f"{INDEX_MAT} beside images/training/ (ADE20K_2016_07_26)")
-
     def __init__(self, root: str | Path, options: dict | None = None) -> None:
         super().__init__(root, options)
-        base = self._find(self.root)
-        if base is None:
-            raise SourceError(f"not an ADE20K 2016 release: expected {INDEX_MAT} beside images/training/", path=self.root)
-        self.base = base
+        self.base = base = self.located()
         index = _load_mat_index(base / INDEX_MAT)
         fields = {}
         for field in ("filename", "folder", "scene", "objectnames"):
@@ -218,8 +211,12 @@ class Ade20k2021Builder(_AdeRelease):
     NAME = "ade20k-2021"
     DESCRIPTION = "ADE20K_2021_17_01 full release (images/ADE/..., optional index_ade20k.pkl)"
 
-    @staticmethod
-    def _find(path: Path) -> Path | None:
+    EXPECTS = "images/ADE/{training,validation}/ (ADE20K_2021_17_01)"
+    RELEASE = "an ADE20K 2021 release"
+
+    @classmethod
+    def locate(cls, path: Path) -> Path | None:
+        """The release folder: ``path`` or its ``ADE20K_2021_17_01`` child, holding ``images/ADE/``."""
         for cand in candidate_dirs(path, "ADE20K_2021_17_01"):
             if (cand / "images" / "ADE").is_dir():
                 return cand
@@ -227,18 +224,15 @@ class Ade20k2021Builder(_AdeRelease):
 
     @classmethod
     def detect(cls, path: Path) -> Detection:
-        """A folder (or its ``ADE20K_2021_17_01`` child) with ``images/ADE/``."""
-        base = cls._find(path)
+        """A folder (or its ``ADE20K_2021_17_01`` child) with ``images/ADE/``; surer with the index."""
+        base = cls.locate(path)
         if base is None:
-            return Detection.missing("images/ADE/{training,validation}/ (ADE20K_2021_17_01)")
+            return Detection.missing(cls.EXPECTS)
         return Detection.match(1.0 if any((d / INDEX_PKL).is_file() for d in (path, base)) else 0.9)
 
     def __init__(self, root: str | Path, options: dict | None = None) -> None:
         super().__init__(root, options)
-        base = self._find(self.root)
-        if base is None:
-            raise SourceError("not an ADE20K 2021 release: expected images/ADE/", path=self.root)
-        self.base = base
+        self.base = base = self.located()
         # The release puts the index beside the dataset folder; look only there and in what was named.
         pkl = next((d / INDEX_PKL for d in dict.fromkeys((self.root, base, base.parent)) if (d / INDEX_PKL).is_file()), None)
         self.index_path = pkl

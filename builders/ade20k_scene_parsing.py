@@ -21,7 +21,7 @@ from pathlib import Path
 
 from builders import register
 from builders._raster import candidate_dirs, present_ids, read_id_channel
-from builders.base import Builder, Detection
+from builders.base import Builder
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record, names_tuple
 from concepts.vocabulary import scene_name
@@ -70,28 +70,21 @@ class Ade20kSceneParsingBuilder(Builder):
     NAME = "ade20k-sceneparsing"
     KEY = "ade20k"
     DESCRIPTION = "ADEChallengeData2016 SceneParsing (images/, annotations/, objectInfo150.txt)"
+    EXPECTS = "images/ + annotations/ + objectInfo150.txt (ADEChallengeData2016)"
+    RELEASE = 'an ADEChallengeData2016 release'
 
-    @staticmethod
-    def _find(path: Path) -> Path | None:
+    @classmethod
+    def locate(cls, path: Path) -> Path | None:
+        """The release folder: ``path`` or one of its sub-folders."""
         for cand in candidate_dirs(path, "ADEChallengeData2016"):
             if (cand / "images").is_dir() and (cand / "annotations").is_dir():
                 if (cand / "objectInfo150.txt").is_file() or (cand / "objectInfo150.csv").is_file():
                     return cand
         return None
 
-    @classmethod
-    def detect(cls, path: Path) -> Detection:
-        """``images/``, ``annotations/`` and ``objectInfo150.txt`` (or the release folder above them)."""
-        if cls._find(path):
-            return Detection.match(1.0)
-        return Detection.missing("images/ + annotations/ + objectInfo150.txt (ADEChallengeData2016)")
-
     def __init__(self, root: str | Path, options: dict | None = None) -> None:
         super().__init__(root, options)
-        base = self._find(self.root)
-        if base is None:
-            raise SourceError("not an ADEChallengeData2016 release: expected images/, annotations/, objectInfo150.txt", path=self.root)
-        self.base = base
+        self.base = base = self.located()
         self.classes = _read_object_info(base)
         self.scene_of: dict[str, int] = {}
         self.scene_names: list[str] = []

@@ -6,7 +6,9 @@ A builder reads one source format and never writes files. A subclass provides:
 * ``KEY``: the default source key, the folder under ``images/`` (defaults to ``NAME``);
 * ``DESCRIPTION``: one line for ``--help`` and detection errors;
 * ``detect(path)``: a :class:`Detection` saying how sure it is that ``path`` holds this format,
-  or which requirements are unmet;
+  or which requirements are unmet; a release-style source can instead provide ``locate(path)``
+  (the folder holding the release: ``path`` itself, a conventional child or an extracted
+  archive's folder) with ``EXPECTS`` (what it looks for) and ``RELEASE`` (its name in errors);
 * ``items()``: a cheap, deterministic, picklable list of the source's items (no decoding);
 * ``load(item)``: the :class:`~concepts.records.Record` of one item; runs in worker processes;
   raises :class:`~concepts.errors.SourceItemError` to skip an unreadable item.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from concepts.errors import SourceError
 from concepts.records import Record
 
 
@@ -53,6 +56,10 @@ class Builder(ABC):
     NAME: ClassVar[str]
     KEY: ClassVar[str | None] = None
     DESCRIPTION: ClassVar[str] = ""
+    #: What :meth:`detect` reports missing when :meth:`locate` finds nothing.
+    EXPECTS: ClassVar[str] = ""
+    #: How errors name the source when it is not found (``"an ADE20K 2016 release"``).
+    RELEASE: ClassVar[str] = ""
 
     def __init__(self, root: str | Path, options: Mapping[str, Any] | None = None) -> None:
         self.root = Path(root)
@@ -62,9 +69,21 @@ class Builder(ABC):
         self.supply: set[str] | None = None
 
     @classmethod
-    @abstractmethod
+    def locate(cls, path: Path) -> Path | None:
+        """The folder inside ``path`` (or ``path`` itself) that holds this source, or None."""
+        return None
+
+    @classmethod
     def detect(cls, path: Path) -> Detection:
         """Say whether ``path`` holds this format, and if not, what is missing."""
+        return Detection.match(1.0) if cls.locate(path) else Detection.missing(cls.EXPECTS)
+
+    def located(self) -> Path:
+        """The folder :meth:`locate` finds under ``self.root``; a SourceError when there is none."""
+        base = self.locate(self.root)
+        if base is None:
+            raise SourceError(f"not {self.RELEASE or self.NAME}: expected {self.EXPECTS}", path=self.root)
+        return base
 
     @abstractmethod
     def items(self) -> Sequence[Hashable]:

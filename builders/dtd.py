@@ -18,7 +18,7 @@ from pathlib import Path
 
 from builders import register
 from builders._raster import candidate_dirs
-from builders.base import Builder, Detection
+from builders.base import Builder
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record
 
@@ -35,30 +35,22 @@ class DtdBuilder(Builder):
     NAME = "dtd"
     DESCRIPTION = "Describable Textures Dataset (images/<class>/*.jpg, labels/labels_joint_anno.txt)"
 
-    @staticmethod
-    def _find(path: Path) -> Path | None:
+    EXPECTS = "images/<class>/ + labels/labels_joint_anno.txt (DTD)"
+    RELEASE = "a DTD folder"
+
+    @classmethod
+    def locate(cls, path: Path) -> Path | None:
+        """``path`` or a ``dtd/`` child holding ``images/`` and ``labels/labels_joint_anno.txt``."""
         for cand in candidate_dirs(path, "dtd"):
             if (cand / "images").is_dir() and (cand / JOINT).is_file():
                 return cand
         return None
 
-    @classmethod
-    def detect(cls, path: Path) -> Detection:
-        """``images/`` and ``labels/labels_joint_anno.txt`` (or a ``dtd/`` child holding them)."""
-        if cls._find(path):
-            return Detection.match(1.0)
-        return Detection.missing("images/<class>/ + labels/labels_joint_anno.txt (DTD)")
-
     def __init__(self, root: str | Path, options: dict | None = None) -> None:
         super().__init__(root, options)
-        base = self._find(self.root)
-        if base is None and (self.root / "images").is_dir():
-            base = self.root
-        elif base is None and (self.root / "dtd" / "images").is_dir():
-            base = self.root / "dtd"
-        if base is None:
-            raise SourceError("not a DTD folder: expected images/<class>/ and labels/labels_joint_anno.txt", path=self.root)
-        self.base = base
+        # Named explicitly, a DTD folder without its label file still yields the folder classes.
+        base = self.locate(self.root) or next((d for d in (self.root, self.root / "dtd") if (d / "images").is_dir()), None)
+        self.base = base if base is not None else self.located()
         self.labels: dict[str, list[str]] = {}
         if (base / JOINT).is_file():
             self._read_joint(base / JOINT)

@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 from builders import register
 from builders._raster import candidate_dirs, image_size, present_ids, read_rgb_channels
-from builders.base import Builder, Detection
+from builders.base import Builder
 from concepts.errors import SourceError, SourceItemError, UsageError
 from concepts.records import Record
 from concepts.vocabulary import scene_name
@@ -89,27 +89,20 @@ class OpenSurfacesBuilder(Builder):
 
     NAME = "opensurfaces"
     DESCRIPTION = "OpenSurfaces release 0 (photos.csv, label-*-colors.csv, photos/, photos-labels/)"
+    EXPECTS = "photos.csv + photos-labels/ (OpenSurfaces release 0)"
+    RELEASE = 'an OpenSurfaces release'
 
-    @staticmethod
-    def _find(path: Path) -> Path | None:
+    @classmethod
+    def locate(cls, path: Path) -> Path | None:
+        """The release folder: ``path`` or one of its sub-folders."""
         for cand in candidate_dirs(path, "opensurfaces"):
             if (cand / "photos.csv").is_file() and (cand / "photos-labels").is_dir():
                 return cand
         return None
 
-    @classmethod
-    def detect(cls, path: Path) -> Detection:
-        """``photos.csv`` beside ``photos-labels/`` (or in an ``opensurfaces/`` child)."""
-        if cls._find(path):
-            return Detection.match(1.0)
-        return Detection.missing("photos.csv + photos-labels/ (OpenSurfaces release 0)")
-
     def __init__(self, root: str | Path, options: dict | None = None) -> None:
         super().__init__(root, options)
-        base = self._find(self.root)
-        if base is None:
-            raise SourceError("not an OpenSurfaces release: expected photos.csv and photos-labels/", path=self.root)
-        self.base = base
+        self.base = base = self.located()
         self.supply = parse_supply(self.options.get("supply"))
         self.materials = _colour_names(base / "label-substance-colors.csv", "substance_name", "red_color")
         names = base / "label-name-colors.csv"

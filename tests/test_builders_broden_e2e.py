@@ -206,7 +206,7 @@ def test_cli_broden_recipe_all_sources(tmp_path: Path) -> None:
     [
         ("pascal", [], 1, "no VOC2010 JPEGImages/ folder found"),
         ("ade20k", [], 1, "not an ADE20K 2016 release"),
-        ("opensurfaces", [], 1, "expected photos.csv and photos-labels/"),
+        ("opensurfaces", [], 1, "expected photos.csv + photos-labels/"),
         ("dtd", [], 1, "not a DTD folder"),
         ("opensurfaces", ["--supply", "material,shine"], 2, "unknown category shine"),
     ],
