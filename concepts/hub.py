@@ -1,0 +1,253 @@
+"""Read a published Hugging Face dataset folder (or ``hf://REPO_ID``) back.
+
+* :func:`pull` restores the Broden folder byte for byte: the tables are copied from ``tables/``,
+  every image and label PNG is written from the Parquet shards under the path it had.
+* :class:`HubDataset` reads the folder in place with the reading API of
+  :class:`~concepts.broden.reader.ConceptDataset` (its tables are the shipped ``tables/*.csv``,
+  its pixels come from the Parquet rows).
+* :func:`open_any` opens whichever of the three a spec names.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import shutil
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from concepts.broden import format as fmt
+from concepts.broden.reader import ConceptDataset, Sample
+from concepts.errors import DatasetFormatError, OutputExistsError, UsageError
+from concepts.progress import progress
+from concepts.publish import CARD_FILE, DATA_DIR, TABLES_DIR, HubError, safe_relpath
+
+log = logging.getLogger(__name__)
+
+HF_PREFIX = "hf://"
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+#: Table files a pull restores; anything else in ``tables/`` is ignored.
+_TABLE_NAME = re.compile(r"^(index\.csv|category\.csv|label\.csv|c_[^/\\]+\.csv|README\.txt|syns\.txt)$")
+_CACHE_GROUPS = 8
+
+
+def parse_hf_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``hf://[datasets/]OWNER/NAME[@REVISION]`` into repo id and revision."""
+    body = spec[len(HF_PREFIX):] if spec.startswith(HF_PREFIX) else spec
+    body = body.removeprefix("datasets/")
+    repo, _, revision = body.partition("@")
+    if not _REPO_ID.match(repo):
+        raise UsageError(f"{spec!r} is not a Hub dataset id", hint="expected hf://OWNER/NAME or hf://OWNER/NAME@REVISION")
+    return repo, revision or None
+
+
+def download(spec: str, *, cache_dir: str | Path | None = None, endpoint: str | None = None) -> Path:
+    """Download (or find in the cache) the published files of ``hf://REPO_ID``; return the folder."""
+    from huggingface_hub import snapshot_download
+
+    repo, revision = parse_hf_spec(spec)
+    try:
+        folder = snapshot_download(
+            repo, repo_type="dataset", revision=revision, cache_dir=cache_dir, endpoint=endpoint,
+            allow_patterns=[CARD_FILE, f"{DATA_DIR}/*.parquet", f"{TABLES_DIR}/*"],
+        )
+    # The HTTP layer's exception classes differ between huggingface_hub releases; report any
+    # failure as one line naming the repo.
+    except Exception as e:  # noqa: BLE001
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise HubError(f"cannot download dataset {repo} from the Hub ({reason})", item=spec,
+                       hint="check the network and the repo id; private repos need HF_TOKEN") from None
+    return Path(folder)
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    """Whether a folder looks like a published dataset (``data/*.parquet`` and ``tables/index.csv``)."""
+    path = Path(path)
+    return (path / TABLES_DIR / fmt.INDEX_FILE).is_file() and any((path / DATA_DIR).glob("*.parquet"))
+
+
+def _resolve(spec: str | Path, **kwargs: Any) -> Path:
+    if isinstance(spec, str) and spec.startswith(HF_PREFIX):
+        return download(spec, **kwargs)
+    folder = Path(spec)
+    if not is_hf_folder(folder):
+        raise DatasetFormatError("not a published dataset folder: expected data/*.parquet and tables/index.csv",
+                                 path=folder)
+    return folder
+
+
+class HubDataset(ConceptDataset):
+    """A published dataset read in place: tables from ``tables/``, pixels from the Parquet rows.
+
+    ``root`` is the ``tables/`` folder (so the table readers, ``fingerprint`` and
+    ``primary_categories`` behave exactly as for the Broden folder the dataset came from);
+    ``folder`` is the published folder and ``spec`` what the user named.
+    """
+
+    def __init__(self, folder: str | Path, spec: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.spec = spec or str(folder)
+        super().__init__(self.folder / TABLES_DIR)
+        self.shards = sorted((self.folder / DATA_DIR).glob("*.parquet"))
+        self._where: dict[str, tuple[int, int, int]] = {}
+        for si, shard in enumerate(self.shards):
+            pf = self._parquet(si)
+            for rg in range(pf.num_row_groups):
+                for offset, path in enumerate(pf.read_row_group(rg, columns=["path"]).column(0).to_pylist()):
+                    self._where[path] = (si, rg, offset)
+        missing = [s.image for s in self.samples if s.image not in self._where]
+        if missing:
+            raise DatasetFormatError(f"{len(missing)} image(s) of index.csv have no Parquet row, e.g. {missing[0]!r}",
+                                     path=self.folder / DATA_DIR)
+        self._pngs: dict[str, tuple[str, str]] | None = None
+        self._by_image = {s.image: s for s in self.samples}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open files and cached row groups stay behind when a data loader pickles the dataset.
+        state = dict(self.__dict__)
+        state.pop("_files", None)
+        state.pop("_groups", None)
+        return state
+
+    def __repr__(self) -> str:
+        return f"HubDataset({self.spec!r}, {len(self)} images, {len(self.labels)} labels)"
+
+    def _parquet(self, shard: int) -> pq.ParquetFile:
+        files = self.__dict__.setdefault("_files", {})
+        if shard not in files:
+            files[shard] = pq.ParquetFile(self.shards[shard])
+        return files[shard]
+
+    def _column(self, sample: Sample, column: str) -> Any:
+        """One cell of the Parquet row of a sample (row groups cached, least recently used out)."""
+        si, rg, offset = self._where[sample.image]
+        groups: OrderedDict = self.__dict__.setdefault("_groups", OrderedDict())
+        key = (si, rg, column)
+        if key not in groups:
+            groups[key] = self._parquet(si).read_row_group(rg, columns=[column]).column(0).to_pylist()
+            while len(groups) > _CACHE_GROUPS:
+                groups.popitem(last=False)
+        groups.move_to_end(key)
+        return groups[key][offset]
+
+    def image_bytes(self, sample: Sample) -> bytes:
+        """The stored JPEG bytes of a sample."""
+        return self._column(sample, "image")["bytes"]
+
+    def image_path(self, sample: Sample) -> Path:
+        """Published images have no file of their own; use :meth:`load_image` or :meth:`image_bytes`."""
+        raise DatasetFormatError("a published dataset stores images inside Parquet shards, not as files",
+                                 path=self.folder, item=sample.image, hint="use load_image() or image_bytes()")
+
+    def load_image(self, sample: Sample) -> np.ndarray:
+        """Decode a sample's image as an ``ih x iw x 3`` uint8 RGB array."""
+        with Image.open(io.BytesIO(self.image_bytes(sample))) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def png_bytes(self, relpath: str) -> bytes:
+        """The stored bytes of one label PNG (path relative to ``images/``, as in index.csv)."""
+        if self._pngs is None:
+            self._pngs = {p: (s.image, c) for s in self.samples for c in self.category_names for p in s.pixel_paths(c)}
+        if relpath not in self._pngs:
+            raise DatasetFormatError("label PNG is not listed in index.csv", path=self.folder, item=relpath)
+        image, category = self._pngs[relpath]
+        for cell in self._column(self._by_image[image], category) or []:
+            if cell["path"] == relpath:
+                return cell["bytes"]
+        raise DatasetFormatError("label PNG is missing from its Parquet row", path=self.shards[self._where[image][0]],
+                                 item=relpath)
+
+    def load_png(self, relpath: str) -> np.ndarray:
+        """Decode one RG-encoded label PNG (path relative to ``images/``) to int32 numbers."""
+        with Image.open(io.BytesIO(self.png_bytes(relpath))) as im:
+            if im.mode != "RGB":
+                raise DatasetFormatError(f"label PNG must be 8-bit RGB, got mode {im.mode}", path=self.folder, item=relpath)
+            return fmt.decode_rg(np.asarray(im))
+
+
+def open_hf(spec: str | Path, **kwargs: Any) -> HubDataset:
+    """Open a published folder or ``hf://REPO_ID`` in place, with the ConceptDataset reading API."""
+    return HubDataset(_resolve(spec, **kwargs), spec=str(spec))
+
+
+def open_any(spec: str | Path, **kwargs: Any) -> ConceptDataset:
+    """Open a Broden folder, a published folder or ``hf://REPO_ID``, whichever ``spec`` names."""
+    if isinstance(spec, str) and spec.startswith(HF_PREFIX):
+        return open_hf(spec, **kwargs)
+    path = Path(spec)
+    if (path / fmt.INDEX_FILE).is_file():
+        return ConceptDataset(path)
+    if is_hf_folder(path):
+        return HubDataset(path)
+    if not path.exists():
+        raise DatasetFormatError("no such dataset folder", path=path, hint="give a Broden folder, a published folder or hf://OWNER/NAME")
+    raise DatasetFormatError("neither a Broden folder (index.csv) nor a published dataset (data/*.parquet, tables/index.csv)",
+                             path=path)
+
+
+def pull(spec: str | Path, output: str | Path, *, overwrite: bool = False, **kwargs: Any) -> Path:
+    """Materialise the Broden folder of a published dataset in ``output``; return it."""
+    out = Path(output).absolute()
+    if out.exists() and not overwrite:
+        raise OutputExistsError("output already exists", path=out, hint="pass --overwrite to replace it")
+    folder = _resolve(spec, **kwargs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for table in sorted((folder / TABLES_DIR).iterdir()):
+            if table.is_file() and _TABLE_NAME.match(table.name):
+                shutil.copyfile(table, tmp / table.name)
+        images = tmp / fmt.IMAGES_DIR
+        shards = sorted((folder / DATA_DIR).glob("*.parquet"))
+        total = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
+        rows = (row for shard in shards for batch in pq.ParquetFile(shard).iter_batches(batch_size=64)
+                for row in _rows(batch, shard))
+        for shard, row in progress(rows, desc="pulling", total=total, unit="img"):
+            _write(images, row["image"], shard)
+            for key, value in row.items():
+                if isinstance(value, list):
+                    for cell in value:
+                        if isinstance(cell, dict):
+                            _write(images, cell, shard)
+        _check_complete(tmp)
+        from concepts.publish import _move_into_place
+
+        _move_into_place(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("pulled %d images to %s", total, out)
+    return out
+
+
+def _rows(batch: Any, shard: Path) -> Any:
+    for row in batch.to_pylist():
+        yield shard, row
+
+
+def _write(images: Path, cell: dict[str, Any], shard: Path) -> None:
+    relpath = safe_relpath(cell.get("path") or "", path=shard)
+    if cell.get("bytes") is None:
+        raise DatasetFormatError("a stored file has no bytes", path=shard, item=relpath)
+    target = images / relpath
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(cell["bytes"])
+
+
+def _check_complete(root: Path) -> None:
+    ds = ConceptDataset(root)
+    for sample in ds.samples:
+        for rel in [sample.image] + [p for c in ds.category_names for p in sample.pixel_paths(c)]:
+            if not (root / fmt.IMAGES_DIR / rel).is_file():
+                raise DatasetFormatError("a file listed in index.csv is not in the Parquet shards",
+                                         path=fmt.INDEX_FILE, row=sample.index + 2, item=rel)
+
+
+__all__ = ["HubDataset", "download", "is_hf_folder", "open_any", "open_hf", "parse_hf_spec", "pull"]
