@@ -14,7 +14,6 @@ import io
 import logging
 import re
 import shutil
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,10 @@ from PIL import Image
 
 from concepts.broden import format as fmt
 from concepts.broden.reader import ConceptDataset, Sample
-from concepts.errors import DatasetFormatError, OutputExistsError, UsageError
+from concepts.errors import DatasetFormatError, UsageError
 from concepts.progress import progress
 from concepts.publish import CARD_FILE, DATA_DIR, TABLES_DIR, HubError, safe_relpath
+from concepts.staging import check_target, staged_output
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +195,9 @@ def open_any(spec: str | Path, **kwargs: Any) -> ConceptDataset:
 def pull(spec: str | Path, output: str | Path, *, overwrite: bool = False, **kwargs: Any) -> Path:
     """Materialise the Broden folder of a published dataset in ``output``; return it."""
     out = Path(output).absolute()
-    if out.exists() and not overwrite:
-        raise OutputExistsError("output already exists", path=out, hint="pass --overwrite to replace it")
+    check_target(out, overwrite)
     folder = _resolve(spec, **kwargs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_output(out, overwrite) as tmp:
         for table in sorted((folder / TABLES_DIR).iterdir()):
             if table.is_file() and _TABLE_NAME.match(table.name):
                 shutil.copyfile(table, tmp / table.name)
@@ -217,12 +214,6 @@ def pull(spec: str | Path, output: str | Path, *, overwrite: bool = False, **kwa
                         if isinstance(cell, dict):
                             _write(images, cell, shard)
         _check_complete(tmp)
-        from concepts.publish import _move_into_place
-
-        _move_into_place(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("pulled %d images to %s", total, out)
     return out
 

@@ -39,7 +39,8 @@ from concepts import progress
 from concepts.broden import format as fmt
 from concepts.broden.writer import IndexRow, write_readme, write_syns, write_tables
 from concepts.colors import COLOR_CATEGORY, COLOR_LABEL_NAMES, COLOR_SOURCE, color_ids
-from concepts.errors import ConceptsError, OutputExistsError, SourceItemError, UsageError
+from concepts.errors import ConceptsError, SourceItemError, UsageError
+from concepts.staging import check_target, move_into_place
 from concepts.vocabulary import Numbering, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -347,8 +348,7 @@ def build_dataset(sources: Sequence[Builder], out: str | Path, options: BuildOpt
     out = Path(out).absolute()
     if not sources:
         raise UsageError("no sources given")
-    if out.exists() and not options.overwrite:
-        raise OutputExistsError("output already exists", path=out, hint="pass --overwrite to replace it")
+    check_target(out, options.overwrite)
     workers = options.workers or os.cpu_count() or 1
     keys = _unique_keys(sources)
     for source, key in zip(sources, keys):
@@ -425,7 +425,7 @@ def build_dataset(sources: Sequence[Builder], out: str | Path, options: BuildOpt
         categories = write_tables(tmp, numbering, rows)
         write_syns(tmp, numbering)
         write_readme(tmp, out.name, {s.key: per_source[s.key] for s in sources}, options.settings())
-        _move_into_place(tmp, out, options.overwrite)
+        move_into_place(tmp, out, options.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -453,18 +453,6 @@ def _lookup_tables(numbering: Numbering) -> dict[tuple[str, str], np.ndarray]:
     for (source, category, ident), number in numbering.mapping.items():
         luts[(source, category)][ident] = number
     return luts
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            raise OutputExistsError("output already exists", path=out, hint="pass --overwrite to replace it")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "previous")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 __all__ = ["BuildOptions", "BuildSummary", "ConceptsError", "build_dataset", "output_stem"]
