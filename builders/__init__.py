@@ -23,6 +23,11 @@ _MODULES: tuple[str, ...] = (
     "builders.pascal",
     "builders.opensurfaces",
     "builders.dtd",
+    "builders.cvat",
+    "builders.coco",
+    "builders.cvat_mask",
+    "builders.labelme",
+    "builders.labelme_json",
 )
 _loaded = False
 

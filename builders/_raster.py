@@ -8,12 +8,17 @@ unifier skips that item (or stops under ``--strict``) with one line naming the f
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from concepts.errors import SourceItemError
+from concepts.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +104,244 @@ def candidate_dirs(path: Path, preferred: str) -> list[Path]:
     if path.is_dir():
         out += sorted(p for p in path.iterdir() if p.is_dir() and p.name not in (preferred, "images"))
     return out
+
+
+# --- Vector shapes (CVAT, COCO, LabelMe, labelme) -------------------------------------------------
+#
+# Fill rule, used for every polygon of every format: a pixel belongs to a shape when its CENTRE
+# (x + 0.5, y + 0.5) lies inside the outline by the EVEN-ODD rule. Self-intersecting outlines
+# therefore leave their doubly-covered lobes empty, as PIL's and pycocotools' rasterisers do.
+# Coordinates are in pixels with the origin at the top-left corner of the top-left pixel, so a box
+# from (2, 1) to (6, 4) covers columns 2..5 and rows 1..3 (4 x 3 = its area).
+
+#: Largest canvas (width x height) a builder allocates; bigger declared sizes are refused as bombs.
+MAX_PIXELS = 250_000_000
+
+
+def check_canvas(width: object, height: object, path: Path, *, what: str = "image") -> tuple[int, int]:
+    """Validate a declared ``width x height`` before allocating anything; return ``(height, width)``."""
+    try:
+        w, h = int(float(str(width))), int(float(str(height)))
+    except (TypeError, ValueError):
+        raise SourceItemError(f"{what} size {width!r} x {height!r} is not a number", path=path, reason="bad image size") from None
+    if w <= 0 or h <= 0:
+        raise SourceItemError(f"{what} size {w} x {h} is empty", path=path, reason="bad image size")
+    if w * h > MAX_PIXELS:
+        raise SourceItemError(
+            f"{what} size {w} x {h} = {w * h} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)",
+            path=path,
+            reason="image too large",
+        )
+    return h, w
+
+
+def header_size(path: Path, *, what: str = "image") -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header only, refusing pixel bombs."""
+    size = image_size(path)
+    if size is None:
+        if not path.is_file():
+            raise SourceItemError(f"{what} is missing", path=path, reason=f"missing {what}")
+        raise SourceItemError(f"cannot read the {what} header", path=path, reason=f"unreadable {what}")
+    return check_canvas(size[0], size[1], path, what=what)
+
+
+def finite_points(points: object) -> np.ndarray | None:
+    """``N x 2`` float array of a vertex list, or None when it is malformed or not finite."""
+    try:
+        arr = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.size and np.isfinite(arr).all() else None
+
+
+def polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Rasterise a closed polygon (``N x 2`` x, y) with the even-odd rule at pixel centres, clipped."""
+    out = np.zeros((height, width + 1), dtype=np.uint8)
+    if len(points) < 3:
+        return out[:, :width].astype(bool)
+    x0, y0 = points[:, 0], points[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
+    # Row r (centre r + 0.5) crosses an edge when lo <= r + 0.5 < hi (half-open: vertices count once).
+    first = np.clip(np.ceil(lo - 0.5), 0, height).astype(np.int64)
+    last = np.clip(np.ceil(hi - 0.5), 0, height).astype(np.int64)
+    counts = np.maximum(last - first, 0)
+    if not counts.sum():
+        return out[:, :width].astype(bool)
+    edge = np.repeat(np.arange(len(points)), counts)
+    rows = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + first[edge]
+    yc = rows + 0.5
+    t = (yc - y0[edge]) / (y1[edge] - y0[edge])
+    xc = x0[edge] + t * (x1[edge] - x0[edge])
+    # Toggle from the first column whose centre lies right of the crossing; parity of the running sum.
+    cols = np.clip(np.ceil(xc - 0.5), 0, width).astype(np.int64)
+    np.add.at(out, (rows, cols), 1)
+    return (np.cumsum(out, axis=1, dtype=np.int64)[:, :width] & 1).astype(bool)
+
+
+def rotate_points(points: np.ndarray, cx: float, cy: float, degrees: float) -> np.ndarray:
+    """Rotate points about (cx, cy) clockwise on screen (y down), as CVAT's ``rotation`` (Precisions 8)."""
+    a = np.deg2rad(degrees)
+    dx, dy = points[:, 0] - cx, points[:, 1] - cy
+    return np.stack([cx + dx * np.cos(a) - dy * np.sin(a), cy + dx * np.sin(a) + dy * np.cos(a)], axis=1)
+
+
+def box_points(xtl: float, ytl: float, xbr: float, ybr: float, rotation: float = 0.0) -> np.ndarray:
+    """The four corners of a box, rotated about its centre by ``rotation`` degrees."""
+    pts = np.array([[xtl, ytl], [xbr, ytl], [xbr, ybr], [xtl, ybr]], dtype=np.float64)
+    if rotation:
+        pts = rotate_points(pts, (xtl + xbr) / 2, (ytl + ybr) / 2, rotation)
+    return pts
+
+
+def ellipse_mask(cx: float, cy: float, rx: float, ry: float, rotation: float, height: int, width: int) -> np.ndarray:
+    """Pixels whose centre lies inside an ellipse rotated by ``rotation`` degrees (CVAT convention)."""
+    out = np.zeros((height, width), dtype=bool)
+    if not (rx > 0 and ry > 0):
+        return out
+    reach = max(rx, ry)
+    r0, r1 = max(int(np.floor(cy - reach)), 0), min(int(np.ceil(cy + reach)) + 1, height)
+    c0, c1 = max(int(np.floor(cx - reach)), 0), min(int(np.ceil(cx + reach)) + 1, width)
+    if r0 >= r1 or c0 >= c1:
+        return out
+    yy, xx = np.mgrid[r0:r1, c0:c1]
+    dx, dy = xx + 0.5 - cx, yy + 0.5 - cy
+    a = np.deg2rad(rotation)
+    # Undo the clockwise rotation to express each centre in the ellipse's own axes.
+    u = dx * np.cos(a) + dy * np.sin(a)
+    v = -dx * np.sin(a) + dy * np.cos(a)
+    out[r0:r1, c0:c1] = (u / rx) ** 2 + (v / ry) ** 2 <= 1.0
+    return out
+
+
+def cvat_rle_mask(rle: str, left: object, top: object, box_w: object, box_h: object, height: int, width: int, path: Path) -> np.ndarray:
+    """Decode a CVAT XML mask (runs over the box, row-major, background first), clipped to the image."""
+    try:
+        runs = np.array([int(r) for r in str(rle).replace(" ", "").split(",") if r != ""], dtype=np.int64)
+        x0, y0, bw, bh = (int(float(str(v))) for v in (left, top, box_w, box_h))
+    except ValueError:
+        raise SourceItemError(f"mask rle {str(rle)[:40]!r} or its box is not a list of integers", path=path, reason="bad mask") from None
+    if bw <= 0 or bh <= 0 or (runs < 0).any() or int(runs.sum()) != bw * bh:
+        raise SourceItemError(
+            f"mask runs add up to {int(runs.sum())}, not width x height = {bw} x {bh} = {bw * bh}",
+            path=path,
+            reason="bad mask",
+        )
+    check_canvas(bw, bh, path, what="mask")
+    values = np.zeros(len(runs), dtype=bool)
+    values[1::2] = True
+    flat = np.repeat(values, runs).reshape(bh, bw)
+    out = np.zeros((height, width), dtype=bool)
+    r0, c0 = max(y0, 0), max(x0, 0)
+    r1, c1 = min(y0 + bh, height), min(x0 + bw, width)
+    if r0 < r1 and c0 < c1:
+        out[r0:r1, c0:c1] = flat[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
+    return out
+
+
+class LayerStack:
+    """Label layers of one category, painted shape by shape (later shapes on top).
+
+    A painted shape takes the first (dominant) layer; whatever label it covers moves one layer
+    down, pushing the labels below it further down in turn, so no label is lost. A label covered
+    by itself (two instances of one label) is not duplicated: the older copy is removed.
+    """
+
+    def __init__(self, height: int, width: int, dtype: type = np.uint16) -> None:
+        self.shape = (height, width)
+        self.dtype = dtype
+        self.layers: list[np.ndarray] = []
+
+    def paint(self, mask: np.ndarray, value: int) -> None:
+        """Paint ``value`` over ``mask``, pushing covered labels down one layer."""
+        if not mask.any():
+            return
+        if not self.layers:
+            self.layers.append(np.zeros(self.shape, dtype=self.dtype))
+        carry = np.where(mask, value, 0).astype(self.dtype)
+        for layer in self.layers:
+            where = carry != 0
+            old = layer[where]
+            layer[where] = carry[where]
+            # The covered label continues down, unless it is the label just painted (a duplicate).
+            carry[where] = np.where(old == value, 0, old)
+            if not carry.any():
+                return
+        self.layers.append(carry)
+
+    def result(self) -> list[np.ndarray]:
+        """The layers, dominant first (empty when nothing was painted)."""
+        return [layer for layer in self.layers if layer.any()]
+
+
+# --- Shapes to records (shared by the CVAT, COCO, LabelMe and labelme builders) ---------------------
+
+
+@dataclass
+class Shape:
+    """One area shape in painting order, with the concepts it paints (plain, picklable data).
+
+    kind: ``polygon`` (data: N x 2 points), ``ellipse`` (cx, cy, rx, ry, rotation), ``cvat_rle``
+    (rle, left, top, width, height), ``bitmap`` (left, top, bool array), or a builder-specific kind
+    its own ``mask_fn`` understands. ``concepts``: ``(category, id)`` pairs, the shape's label
+    first, then concepts from its attributes, all painted over the same pixels.
+    """
+
+    kind: str
+    data: Any
+    concepts: tuple[tuple[str, int], ...]
+
+
+def shape_mask(shape: Shape, height: int, width: int, path: Path) -> np.ndarray:
+    """Rasterise one shape onto an ``height x width`` canvas."""
+    if shape.kind == "polygon":
+        return polygon_mask(shape.data, height, width)
+    if shape.kind == "ellipse":
+        return ellipse_mask(*shape.data, height, width)
+    if shape.kind == "cvat_rle":
+        return cvat_rle_mask(*shape.data, height, width, path)
+    if shape.kind == "bitmap":
+        left, top, patch = shape.data
+        out = np.zeros((height, width), dtype=bool)
+        r0, c0 = max(top, 0), max(left, 0)
+        r1, c1 = min(top + patch.shape[0], height), min(left + patch.shape[1], width)
+        if r0 < r1 and c0 < c1:
+            out[r0:r1, c0:c1] = patch[r0 - top : r1 - top, c0 - left : c1 - left]
+        return out
+    raise ValueError(f"unknown shape kind {shape.kind!r}")
+
+
+def paint_record(
+    key: str,
+    image: Any,
+    size: tuple[int, int],
+    shapes: Sequence[Shape],
+    image_level: Mapping[str, Sequence[int]],
+    names: Mapping[tuple[str, int], tuple[str, ...]],
+    skipped: Mapping[str, int],
+    path: Path,
+    mask_fn: Callable[[Shape, int, int, Path], np.ndarray] = shape_mask,
+) -> Record:
+    """Paint shapes in order into per-category :class:`LayerStack` s and assemble the record."""
+    height, width = size
+    stacks: dict[str, LayerStack] = {}
+    skip = Counter(skipped)
+    for shape in shapes:
+        mask = mask_fn(shape, height, width, path)
+        if not mask.any():
+            skip["no pixels inside the image"] += 1
+            continue
+        for category, ident in shape.concepts:
+            stacks.setdefault(category, LayerStack(height, width)).paint(mask, ident)
+    pixel = {c: s.result() for c, s in stacks.items() if s.result()}
+    levels = {c: list(dict.fromkeys(ids)) for c, ids in image_level.items() if ids}
+    used = {(c, int(i)) for c, layers in pixel.items() for layer in layers for i in present_ids(layer)}
+    used |= {(c, int(i)) for c, ids in levels.items() for i in ids}
+    return Record(
+        key=key,
+        image=image,
+        pixel=pixel,
+        image_level=levels,
+        names={k: names[k] for k in sorted(used)},
+        skipped=dict(skip),
+    )

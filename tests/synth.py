@@ -124,3 +124,31 @@ def toy_dataset(root: Path, n: int = 8, size: int = 32, seg: int = 16, seed: int
         img[np.repeat(np.repeat(obj == 3, s, 0), s, 1)] = (220, 10, 10)
         rows.append(SynthRow(f"img{i:03d}", img, {"color": [color], "object": [obj]}, {"scene": [5]} if i % 2 else {}))
     return write_broden(root, rows, labels, ["color", "object", "scene"])
+
+
+def red_unit_net(num_classes: int = 3):
+    """A tiny CNN with hand-set weights: unit 2 of ``conv`` (and ``pool``) fires on red pixels.
+
+    Fed 0-255 RGB (``--normalize none``): unit 0 is blue, unit 1 green, unit 2 ``R - (G + B) / 2``,
+    unit 3 ``-R``. ``pool`` halves the resolution; ``head`` makes the output a class vector.
+    """
+    import torch
+    from torch import nn
+
+    class RedNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.pool = nn.AvgPool2d(2)
+            self.gap = nn.AdaptiveAvgPool2d(1)
+            self.flat = nn.Flatten()
+            self.head = nn.Linear(4, num_classes)
+            w = torch.tensor([[0, 0, 1], [0, 1, 0], [1, -0.5, -0.5], [-1, 0, 0]], dtype=torch.float32)
+            with torch.no_grad():
+                self.conv.weight.copy_(w[:, :, None, None])
+                self.conv.bias.zero_()
+
+        def forward(self, x):
+            return self.head(self.flat(self.gap(self.pool(self.conv(x)))))
+
+    return RedNet()

@@ -1,0 +1,260 @@
+"""CVAT "CVAT for images 1.1" XML exports (FORMATS.md B.10, Precisions 8), task or project.
+
+Layout (a folder, or the .zip CVAT downloads)::
+
+    annotations.xml            (or any *.xml whose root is <annotations>)
+    images/<name>              task export;  <name> may contain folders
+    images/<subset>/<name>     project export (image ids and names repeat across subsets)
+
+Polygons, boxes (``rotation`` in degrees about the centre, clockwise on screen), ellipses and masks
+(RLE over their box) are painted as pixel labels in ascending ``z_order``, then document order;
+polylines, points, cuboids and skeletons have no area and are counted as skipped; ``outside``
+shapes are skipped; tags become image-level labels. Labels, attributes and tags go through the
+concept mapping (:mod:`concepts.mapping`). The XML is streamed once, when items are listed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree.ElementTree import Element, ParseError
+
+import defusedxml.ElementTree as SafeET
+from defusedxml.common import DefusedXmlException
+
+from builders import register
+from builders._raster import Shape, box_points, check_canvas, finite_points, paint_record
+from builders.base import Builder, Detection
+from concepts import progress
+from concepts.archive import export_folder
+from concepts.errors import SourceError, SourceItemError, UnsafeInputError
+from concepts.mapping import Inventory, LabelIds, load_mapping
+from concepts.records import Record
+
+log = logging.getLogger(__name__)
+
+_TAG = re.compile(r"<([!?]?)([A-Za-z_][\w.:-]*)")
+
+NO_AREA = ("polyline", "points", "cuboid", "skeleton")
+AREA = ("polygon", "box", "ellipse", "mask")
+
+
+@dataclass
+class _Image:
+    key: str
+    subset: str
+    name: str
+    size: tuple[int, int]
+    shapes: list[Shape] = field(default_factory=list)
+    tags: dict[str, list[int]] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)
+    error: tuple[str, str] | None = None
+
+
+def _xml_root_tag(head: bytes) -> str | None:
+    """The first element name of an XML prefix (cheap sniffing, no parsing)."""
+    for m in _TAG.finditer(head.decode("utf-8", "replace")):
+        if not m.group(1):
+            return m.group(2)
+    return None
+
+
+def find_xml(folder: Path) -> Path | None:
+    """``annotations.xml``, else the first ``*.xml`` (sorted) whose root element is <annotations>."""
+    candidates = [folder / "annotations.xml"] + sorted(p for p in folder.glob("*.xml") if p.name != "annotations.xml")
+    for path in candidates:
+        if path.is_file():
+            with open(path, "rb") as f:
+                if _xml_root_tag(f.read(4096)) == "annotations":
+                    return path
+    return None
+
+
+def _floats(el: Element, *names: str) -> tuple[float, ...]:
+    return tuple(float(el.get(n, "nan")) for n in names)
+
+
+@register
+class CvatBuilder(Builder):
+    """CVAT for images 1.1 XML, with or without images."""
+
+    NAME = "cvat"
+    DESCRIPTION = "CVAT for images 1.1 export: annotations.xml (+ images/[<subset>/]<name>), folder or .zip"
+
+    def __init__(self, root: str | Path, options: dict | None = None) -> None:
+        super().__init__(root, options)
+        self.folder = export_folder(self.root)
+        self.mapping = load_mapping(self.options.get("concepts"))
+        self.ids = LabelIds()
+        self.inv = Inventory()
+        self._images: list[_Image] | None = None
+
+    @classmethod
+    def detect(cls, path: Path) -> Detection:
+        """A folder (or .zip) holding an XML file whose root element is <annotations>."""
+        if path.is_file() and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                for name in sorted(n for n in zf.namelist() if n.lower().endswith(".xml") and n.count("/") <= 1):
+                    with zf.open(name) as f:
+                        if _xml_root_tag(f.read(4096)) == "annotations":
+                            return Detection.match(0.9)
+            return Detection.missing("a .xml file with root <annotations> in the zip")
+        folder = path.parent if path.is_file() else path
+        if path.is_dir() or path.suffix.lower() == ".xml":
+            if find_xml(folder) is not None:
+                return Detection.match(0.9)
+        return Detection.missing("annotations.xml (root <annotations>)")
+
+    # -- parsing -------------------------------------------------------------------------------
+
+    def _xml_path(self) -> Path:
+        if self.folder.is_file() and self.folder.suffix.lower() == ".xml":
+            return self.folder
+        xml = find_xml(self.folder)
+        if xml is None:
+            raise SourceError("no CVAT XML (a *.xml file whose root is <annotations>) found", path=self.folder)
+        return xml
+
+    def _base(self) -> Path:
+        return self.folder.parent if self.folder.is_file() else self.folder
+
+    def _parse(self) -> list[_Image]:
+        if self._images is not None:
+            return self._images
+        xml = self._xml_path()
+        images: list[_Image] = []
+        try:
+            context = SafeET.iterparse(str(xml), events=("end",), forbid_dtd=False)
+            for _, el in progress.progress(context, desc="reading CVAT XML", unit="el"):
+                if el.tag == "image":
+                    images.append(self._image(el, xml))
+                    el.clear()
+                elif el.tag == "track":
+                    raise SourceError("this is a 'CVAT for video' export (tracks)", path=xml,
+                                      hint="export the task as 'CVAT for images 1.1'")
+        except DefusedXmlException as e:
+            raise UnsafeInputError(f"refused unsafe XML ({type(e).__name__}: entity declarations or external references)", path=xml) from None
+        except ParseError as e:
+            raise SourceError(f"broken XML: {e}", path=xml) from None
+        keys = Counter(i.key for i in images)
+        dupes = [k for k, n in keys.items() if n > 1]
+        if dupes:
+            raise SourceError(f"image {dupes[0]!r} is listed {keys[dupes[0]]} times", path=xml)
+        self._images = images
+        return images
+
+    def _concept_ids(self, el: Element, label: str) -> tuple[tuple[str, int], ...]:
+        out = []
+        concept = self.mapping.shape(label)
+        if concept is not None:
+            out.append((concept.category, self.ids.get(concept)))
+        for attr in el.findall("attribute"):
+            name, value = attr.get("name", ""), (attr.text or "").strip()
+            self.inv.add_attribute(name, value)
+            extra = self.mapping.attribute(name, value)
+            if extra is not None and concept is not None:
+                out.append((extra.category, self.ids.get(extra)))
+        return tuple(out)
+
+    def _image(self, el: Element, xml: Path) -> _Image:
+        name = (el.get("name") or "").replace("\\", "/")
+        subset = el.get("subset") or ""
+        if not name:
+            raise SourceError(f"<image id={el.get('id')!r}> has no name", path=xml)
+        stem = name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1] else name
+        key = f"{subset}/{stem}" if subset else stem
+        try:
+            size = check_canvas(el.get("width"), el.get("height"), xml, what=f"image {name!r}")
+        except SourceItemError as e:
+            # Reported when the item is loaded, so one bad image does not stop the listing.
+            return _Image(key=key, subset=subset, name=name, size=(0, 0), error=(e.message, e.reason))
+        image = _Image(key=key, subset=subset, name=name, size=size)
+        painted: list[tuple[int, int, Shape]] = []
+        for order, child in enumerate(el):
+            kind, label = child.tag, (child.get("label") or "").strip()
+            if kind == "tag":
+                self.inv.tags[label] += 1
+                concept = self.mapping.tag(label) if label else None
+                if concept is not None:
+                    image.tags.setdefault(concept.category, []).append(self.ids.get(concept))
+                continue
+            if child.get("outside") == "1":
+                image.skipped["outside"] += 1
+                continue
+            if kind in NO_AREA:
+                image.skipped[kind] += 1
+                continue
+            if kind not in AREA:
+                image.skipped[f"unknown shape <{kind}>"] += 1
+                continue
+            if not label:
+                image.skipped["empty label"] += 1
+                continue
+            self.inv.labels[label] += 1
+            shape = self._shape(child, kind)
+            if shape is None:
+                image.skipped["degenerate shape"] += 1
+                continue
+            concepts = self._concept_ids(child, label)
+            if concepts:
+                try:
+                    z = int(child.get("z_order", "0"))
+                except ValueError:
+                    z = 0
+                painted.append((z, order, Shape(shape[0], shape[1], concepts)))
+        image.shapes = [s for _, _, s in sorted(painted, key=lambda t: (t[0], t[1]))]
+        return image
+
+    @staticmethod
+    def _shape(el: Element, kind: str) -> tuple[str, object] | None:
+        try:
+            if kind == "polygon":
+                pts = finite_points([p.split(",") for p in (el.get("points") or "").split(";") if p])
+                return ("polygon", pts) if pts is not None and len(pts) >= 3 else None
+            rotation = float(el.get("rotation", "0"))
+            if kind == "box":
+                xtl, ytl, xbr, ybr = _floats(el, "xtl", "ytl", "xbr", "ybr")
+                pts = finite_points(box_points(xtl, ytl, xbr, ybr, rotation))
+                return ("polygon", pts) if pts is not None and xbr > xtl and ybr > ytl else None
+            if kind == "ellipse":
+                geom = _floats(el, "cx", "cy", "rx", "ry") + (rotation,)
+                return ("ellipse", geom) if finite_points(geom[:4]) is not None and geom[2] > 0 and geom[3] > 0 else None
+            return ("cvat_rle", (el.get("rle", ""), el.get("left"), el.get("top"), el.get("width"), el.get("height")))
+        except (TypeError, ValueError):
+            return None
+
+    # -- contract ------------------------------------------------------------------------------
+
+    def items(self) -> list[int]:
+        """Indices of the images, in document order."""
+        return list(range(len(self._parse())))
+
+    def inventory(self) -> Inventory:
+        """Label, tag and attribute counts (for a starter mapping)."""
+        self._parse()
+        return self.inv
+
+    def _find_image(self, image: _Image) -> Path | None:
+        base = self._base()
+        candidates = [base / "images" / image.subset / image.name] if image.subset else []
+        candidates += [base / "images" / image.name, base / image.name]
+        return next((p for p in candidates if p.is_file()), None)
+
+    def load(self, item: int) -> Record:
+        """Paint one image's shapes into label layers."""
+        image = self._parse()[item]
+        xml = self._xml_path()
+        if image.error:
+            raise SourceItemError(image.error[0], path=xml, item=image.name, reason=image.error[1])
+        path = self._find_image(image)
+        if path is None:
+            raise SourceItemError("image file not in the export", path=self._base() / "images" / image.subset / image.name,
+                                  reason="missing image")
+        try:
+            return paint_record(image.key, path, image.size, image.shapes, image.tags, self.ids.names, image.skipped, xml)
+        except SourceItemError as e:
+            raise SourceItemError(e.message, path=xml, item=image.name, reason=e.reason) from None

@@ -1,0 +1,155 @@
+"""CVAT "Segmentation mask 1.1" exports (Pascal VOC style; FORMATS.md B.12, Precisions 10).
+
+Layout (a folder, or the .zip CVAT downloads)::
+
+    labelmap.txt                          "name:R,G,B:parts:actions" per label, background first
+    ImageSets/Segmentation/<subset>.txt   image names without extension (default.txt for a task)
+    SegmentationClass/<name>.png          class colours (RGB, palette, or 1-channel line indices)
+    JPEGImages/<name>.<original ext>      when images were included
+
+CVAT has already flattened overlapping shapes, so each image has one ``object`` layer (or the
+category the concept mapping gives each label). Images listed without a mask keep only colour;
+colours missing from labelmap.txt are unlabeled and counted as skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from builders import register
+from builders._raster import header_size, read_image_array
+from builders.base import Builder, Detection
+from concepts.archive import export_folder
+from concepts.errors import SourceError, SourceItemError
+from concepts.mapping import Inventory, LabelIds, load_mapping
+from concepts.records import Record
+
+log = logging.getLogger(__name__)
+
+BACKGROUND = ("background", "_background_")
+
+
+def read_labelmap(path: Path) -> list[tuple[str, tuple[int, int, int]]]:
+    """``[(name, (r, g, b)), ...]`` in file order from a CVAT/VOC ``labelmap.txt``."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        colour = rest.split(":", 1)[0]
+        try:
+            r, g, b = (int(c) for c in colour.split(","))
+        except ValueError:
+            raise SourceError(f"expected 'name:R,G,B:parts:actions', got {line.strip()!r}", path=path, row=n) from None
+        out.append((name.strip(), (r, g, b)))
+    if not out:
+        raise SourceError("labelmap.txt lists no labels", path=path)
+    return out
+
+
+@register
+class CvatMaskBuilder(Builder):
+    """CVAT Segmentation mask 1.1 (class masks coloured by labelmap.txt)."""
+
+    NAME = "cvat-mask"
+    KEY = "cvat_mask"
+    DESCRIPTION = "CVAT Segmentation mask 1.1: labelmap.txt + ImageSets/Segmentation/*.txt + SegmentationClass/*.png"
+
+    def __init__(self, root: str | Path, options: dict | None = None) -> None:
+        super().__init__(root, options)
+        self.folder = export_folder(self.root)
+        mapping = load_mapping(self.options.get("concepts"))
+        labelmap = self.folder / "labelmap.txt"
+        if not labelmap.is_file():
+            raise SourceError("labelmap.txt is missing", path=self.folder, hint="export with CVAT 'Segmentation mask 1.1'")
+        self.labels = read_labelmap(labelmap)
+        self.ids = LabelIds()
+        self.inv = Inventory()
+        # colour code (R << 16 | G << 8 | B) and line index -> (category, id); 0 = unlabeled.
+        self.by_colour: dict[int, tuple[str, int] | None] = {}
+        self.by_index: list[tuple[str, int] | None] = []
+        for name, (r, g, b) in self.labels:
+            concept = None if name.lower() in BACKGROUND else mapping.shape(name)
+            target = (concept.category, self.ids.get(concept)) if concept else None
+            self.by_colour.setdefault((r << 16) | (g << 8) | b, target)
+            self.by_index.append(target)
+        self._items: list[tuple[str, str]] | None = None
+
+    @classmethod
+    def detect(cls, path: Path) -> Detection:
+        """``labelmap.txt`` and ``SegmentationClass/`` or ``ImageSets/Segmentation/``."""
+        unmet = []
+        if not (path / "labelmap.txt").is_file():
+            unmet.append("labelmap.txt")
+        if not (path / "SegmentationClass").is_dir() and not (path / "ImageSets" / "Segmentation").is_dir():
+            unmet.append("SegmentationClass/ or ImageSets/Segmentation/")
+        return Detection.missing(*unmet) if unmet else Detection.match(0.85)
+
+    def items(self) -> list[tuple[str, str]]:
+        """``(subset, name)`` pairs from the ImageSets lists (or every class mask), sorted."""
+        if self._items is not None:
+            return self._items
+        lists = sorted((self.folder / "ImageSets" / "Segmentation").glob("*.txt"))
+        items = []
+        for path in lists:
+            names = [n.strip() for n in path.read_text(encoding="utf-8").splitlines() if n.strip()]
+            items += [(path.stem, n) for n in names]
+        if not lists:
+            items = [("", p.relative_to(self.folder / "SegmentationClass").with_suffix("").as_posix())
+                     for p in sorted((self.folder / "SegmentationClass").rglob("*.png"))]
+        self._items = items
+        for label, _ in self.labels:
+            self.inv.labels[label] += 0
+        return items
+
+    def inventory(self) -> Inventory:
+        """The labels of labelmap.txt (no per-shape counts exist in this format)."""
+        self.items()
+        self.inv.labels.update({name: 1 for name, _ in self.labels if name.lower() not in BACKGROUND})
+        return self.inv
+
+    def load(self, item: tuple[str, str]) -> Record:
+        """Decode one class mask through labelmap.txt."""
+        subset, name = item
+        key = f"{subset}/{name}" if subset and subset != "default" else name
+        images = sorted((self.folder / "JPEGImages" / name).parent.glob(Path(name).name + ".*"))
+        if not images:
+            raise SourceItemError("image not in the export (JPEGImages/)", path=self.folder / "JPEGImages" / name, reason="missing image")
+        record = Record(key=key, image=images[0])
+        mask_path = self.folder / "SegmentationClass" / f"{name}.png"
+        if not mask_path.is_file():
+            return record
+        header_size(mask_path, what="mask")
+        arr = read_image_array(mask_path, what="mask")
+        skipped: Counter = Counter()
+        if arr.ndim == 2 and arr.dtype != bool:
+            lut_targets = self.by_index
+            codes = arr.astype(np.int64)
+            table = {i: t for i, t in enumerate(lut_targets)}
+            known = set(table)
+        else:
+            rgb = arr[..., :3].astype(np.int64)
+            codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+            table = self.by_colour
+            known = set(table)
+        values, inverse = np.unique(codes, return_inverse=True)
+        layers: dict[str, np.ndarray] = {}
+        for v_index, v in enumerate(values.tolist()):
+            if v not in known:
+                skipped["colour not in labelmap.txt"] += 1
+                continue
+            target = table[v]
+            if target is None:
+                continue
+            category, ident = target
+            layer = layers.setdefault(category, np.zeros(codes.shape, np.uint16))
+            layer[inverse.reshape(codes.shape) == v_index] = ident
+        record.pixel = {c: [layer] for c, layer in layers.items() if layer.any()}
+        used = {(c, int(i)) for c, layer in layers.items() for i in np.unique(layer) if i}
+        record.names = {k: self.ids.names[k] for k in sorted(used)}
+        record.skipped = dict(skipped)
+        return record

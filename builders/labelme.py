@@ -1,0 +1,213 @@
+"""MIT LabelMe XML collections (FORMATS.md B.8, Precisions 7).
+
+Layout::
+
+    Annotations/<folder>/<stem>.xml      root <annotation>
+    Images/<folder>/<filename>
+    Masks/<folder>/<stem>_mask_<id>.png  for <segm> objects (RGBA, antialiased alpha)
+
+CVAT's "LabelMe 3.0" export (``img.xml`` beside ``img.jpg``) is read too. Objects are painted in
+document order (later over earlier); ``<deleted>1`` objects are skipped; an object with
+``<ispartof>`` goes to the ``part`` category (unless the concept mapping says otherwise).
+``<attributes>`` is a comma-separated list of words or ``key=value`` pairs, mapped through the
+``attributes`` section of the concept mapping. Masks: a pixel is foreground when its alpha is at
+least :data:`ALPHA_THRESHOLD` (the antialiased core is about 153), or, without alpha, any
+channel is non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree.ElementTree import Element, ParseError
+
+import defusedxml.ElementTree as SafeET
+import numpy as np
+from defusedxml.common import DefusedXmlException
+
+from builders import register
+from builders._raster import Shape, check_canvas, finite_points, header_size, paint_record, read_image_array, shape_mask
+from builders.base import Builder, Detection
+from concepts import progress
+from concepts.archive import export_folder
+from concepts.errors import SourceError, SourceItemError, UnsafeInputError
+from concepts.mapping import Inventory, LabelIds, load_mapping
+from concepts.records import Record
+
+log = logging.getLogger(__name__)
+
+ALPHA_THRESHOLD = 64
+
+
+@dataclass
+class _Item:
+    key: str
+    xml: str
+    image: str
+    size: tuple[int, int] | None
+    shapes: list[Shape] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    error: tuple[str, str] | None = None
+
+
+def _text(el: Element | None, tag: str) -> str:
+    child = el.find(tag) if el is not None else None
+    return (child.text or "").strip() if child is not None else ""
+
+
+def _is_labelme(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip()
+    return b"<annotation>" in head or b"<annotation " in head
+
+
+@register
+class LabelMeBuilder(Builder):
+    """MIT LabelMe XML annotations with polygons and masks."""
+
+    NAME = "labelme-xml"
+    KEY = "labelme"
+    DESCRIPTION = "MIT LabelMe: Annotations/<folder>/*.xml + Images/ + Masks/ (or CVAT LabelMe 3.0 xml beside images)"
+
+    def __init__(self, root: str | Path, options: dict | None = None) -> None:
+        super().__init__(root, options)
+        self.folder = export_folder(self.root)
+        self.mapping = load_mapping(self.options.get("concepts"))
+        self.ids = LabelIds()
+        self.inv = Inventory()
+        self._items: list[_Item] | None = None
+
+    @classmethod
+    def detect(cls, path: Path) -> Detection:
+        """``Annotations/`` with LabelMe XML, or XML files with root <annotation> in the folder."""
+        if not path.is_dir():
+            return Detection.missing("a folder with Annotations/*.xml")
+        ann = path / "Annotations"
+        first = next(iter(sorted(ann.rglob("*.xml"))), None) if ann.is_dir() else None
+        if first is not None and _is_labelme(first):
+            return Detection.match(0.9)
+        first = next(iter(sorted(path.glob("*.xml"))), None)
+        if first is not None and _is_labelme(first):
+            return Detection.match(0.6)
+        return Detection.missing("Annotations/<folder>/*.xml (root <annotation>)")
+
+    def _ann_root(self) -> Path:
+        return self.folder / "Annotations" if (self.folder / "Annotations").is_dir() else self.folder
+
+    def _parse(self) -> list[_Item]:
+        if self._items is not None:
+            return self._items
+        ann = self._ann_root()
+        files = sorted(p for p in (ann.rglob("*.xml") if ann.name == "Annotations" else ann.glob("*.xml")))
+        if not files:
+            raise SourceError("no LabelMe XML files found", path=ann)
+        self._items = [self._parse_file(p, ann) for p in progress.progress(files, desc="reading LabelMe XML", unit="file")]
+        return self._items
+
+    def _parse_file(self, path: Path, ann: Path) -> _Item:
+        rel = path.relative_to(ann).with_suffix("").as_posix()
+        try:
+            root = SafeET.parse(str(path)).getroot()
+        except DefusedXmlException as e:
+            raise UnsafeInputError(f"refused unsafe XML ({type(e).__name__})", path=path) from None
+        except ParseError as e:
+            return _Item(rel, str(path), "", None, error=(f"broken XML: {e}", "broken annotation"))
+
+        filename = _text(root, "filename")
+        if ann.name == "Annotations":
+            image = (self.folder / "Images" / Path(rel).parent / filename) if filename else self.folder / "Images" / rel
+        else:
+            image = path.parent / (filename or path.stem + ".jpg")
+        size_el = root.find("imagesize")
+        nrows, ncols = _text(size_el, "nrows"), _text(size_el, "ncols")
+        item = _Item(rel, str(path), str(image), None)
+        if nrows and ncols:
+            try:
+                item.size = check_canvas(ncols, nrows, path)
+            except SourceItemError as e:
+                item.error = (e.message, e.reason)
+                return item
+        for obj in root.iter("object"):
+            self._object(obj, item, path)
+        return item
+
+    def _object(self, obj: Element, item: _Item, path: Path) -> None:
+        if _text(obj, "deleted") == "1":
+            item.skipped["deleted"] += 1
+            return
+        label = _text(obj, "name")
+        if not label:
+            item.skipped["empty label"] += 1
+            return
+        part = bool(_text(obj.find("parts"), "ispartof"))
+        (self.inv.parts if part else self.inv.labels)[label] += 1
+        concept = self.mapping.shape(label, part=part)
+        if concept is None:
+            return
+        concepts = [(concept.category, self.ids.get(concept))]
+        for word in (w.strip() for w in _text(obj, "attributes").split(",")):
+            if not word:
+                continue
+            name, _, value = word.partition("=")
+            value = value.strip() if _ else "true"
+            self.inv.add_attribute(name.strip(), value)
+            extra = self.mapping.attribute(name.strip(), value)
+            if extra is not None:
+                concepts.append((extra.category, self.ids.get(extra)))
+        polygon = obj.find("polygon")
+        mask_name = _text(obj.find("segm"), "mask")
+        if polygon is not None and polygon.find("pt") is not None:
+            try:
+                pts = finite_points([[float(_text(pt, "x")), float(_text(pt, "y"))] for pt in polygon.iter("pt")])
+            except ValueError:
+                pts = None
+            if pts is None or len(pts) < 3:
+                item.skipped["degenerate shape"] += 1
+                return
+            item.shapes.append(Shape("polygon", pts, tuple(concepts)))
+        elif mask_name:
+            mask = self.folder / "Masks" / Path(item.key).parent / mask_name
+            item.shapes.append(Shape("labelme_mask", str(mask), tuple(concepts)))
+        else:
+            item.skipped["no polygon or mask"] += 1
+
+    def items(self) -> list[int]:
+        """Indices of the annotation files, sorted by path."""
+        return list(range(len(self._parse())))
+
+    def inventory(self) -> Inventory:
+        """Label, part and attribute counts (for a starter mapping)."""
+        self._parse()
+        return self.inv
+
+    @staticmethod
+    def _mask(shape: Shape, height: int, width: int, path: Path) -> np.ndarray:
+        if shape.kind != "labelme_mask":
+            return shape_mask(shape, height, width, path)
+        mask_path = Path(shape.data)
+        header_size(mask_path, what="mask")
+        arr = read_image_array(mask_path, what="mask")
+        if arr.ndim == 3 and arr.shape[2] in (2, 4):
+            fg = arr[..., -1] >= ALPHA_THRESHOLD
+        else:
+            fg = arr.reshape(arr.shape[0], arr.shape[1], -1).any(axis=2)
+        if fg.shape != (height, width):
+            log.warning("%s: mask is %dx%d, image %dx%d; resampled", mask_path, *fg.shape, height, width)
+            rows = np.minimum(((np.arange(height) + 0.5) * fg.shape[0] / height).astype(np.intp), fg.shape[0] - 1)
+            cols = np.minimum(((np.arange(width) + 0.5) * fg.shape[1] / width).astype(np.intp), fg.shape[1] - 1)
+            fg = fg[np.ix_(rows, cols)]
+        return fg
+
+    def load(self, item: int) -> Record:
+        """Paint one annotation's objects and parts into label layers."""
+        entry = self._parse()[item]
+        if entry.error:
+            raise SourceItemError(entry.error[0], path=entry.xml, reason=entry.error[1])
+        image = Path(entry.image)
+        if not image.is_file():
+            raise SourceItemError("image file not in the collection", path=image, reason="missing image")
+        size = entry.size or header_size(image)
+        return paint_record(entry.key, image, size, entry.shapes, {}, self.ids.names, entry.skipped, Path(entry.xml),
+                            mask_fn=self._mask)

@@ -1,0 +1,212 @@
+"""wkentaro/labelme JSON files (FORMATS.md B.9): one ``<stem>.json`` per image, in any folder tree.
+
+Area shapes (``polygon``, ``rectangle``, ``oriented_rectangle``, ``circle``, ``mask`` patches) are
+painted in file order (later over earlier); ``line``, ``linestrip``, ``point`` and ``points`` have
+no area and are counted as skipped; ``_background_`` and ``__ignore__`` are not labels. Image-level
+``flags`` that are true become tags (``scene`` by default, see the concept mapping). The image is
+``imagePath`` relative to the JSON (backslashes allowed), else the embedded ``imageData``; an image
+read from disk gets its EXIF orientation applied, as labelme does, since the points refer to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from builders import register
+from builders._raster import MAX_PIXELS, Shape, box_points, check_canvas, finite_points, paint_record, shape_mask
+from builders.base import Builder, Detection
+from concepts import progress
+from concepts.errors import SourceItemError
+from concepts.mapping import Inventory, LabelIds, load_mapping
+from concepts.records import Record
+
+log = logging.getLogger(__name__)
+
+NO_AREA = ("line", "linestrip", "point", "points")
+NOT_LABELS = ("_background_", "__ignore__")
+
+
+@dataclass
+class _Item:
+    key: str
+    json: str
+    image_path: str | None
+    size: tuple[int, int] | None
+    shapes: list[Shape] = field(default_factory=list)
+    tags: dict[str, list[int]] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)
+    error: tuple[str, str] | None = None
+
+
+def _looks_like_labelme(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    return b'"shapes"' in head and (b'"imagePath"' in head or b'"imageData"' in head)
+
+
+def _decode_png(data: str, path: Path) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data, validate=False))) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise SourceItemError("mask patch exceeds the pixel limit", path=path, reason="image too large")
+            return np.asarray(im.convert("L")) > 0
+    except (OSError, ValueError, binascii.Error) as e:
+        raise SourceItemError(f"cannot decode a mask shape: {e}", path=path, reason="bad mask") from None
+
+
+@register
+class LabelmeJsonBuilder(Builder):
+    """labelme (wkentaro) JSON annotations."""
+
+    NAME = "labelme-json"
+    KEY = "labelme_json"
+    DESCRIPTION = "labelme JSON: <stem>.json per image with shapes and imagePath/imageData"
+
+    def __init__(self, root: str | Path, options: dict | None = None) -> None:
+        super().__init__(root, options)
+        self.mapping = load_mapping(self.options.get("concepts"))
+        self.ids = LabelIds()
+        self.inv = Inventory()
+        self._items: list[_Item] | None = None
+
+    @classmethod
+    def detect(cls, path: Path) -> Detection:
+        """A folder whose first JSON file (sorted) has ``shapes`` and ``imagePath``/``imageData``."""
+        files = sorted(path.rglob("*.json")) if path.is_dir() else [path] if path.suffix == ".json" else []
+        if files and _looks_like_labelme(files[0]):
+            return Detection.match(0.8)
+        return Detection.missing("labelme *.json files (keys shapes, imagePath)")
+
+    def _parse(self) -> list[_Item]:
+        if self._items is not None:
+            return self._items
+        files = sorted(self.root.rglob("*.json")) if self.root.is_dir() else [self.root]
+        base = self.root if self.root.is_dir() else self.root.parent
+        self._items = [self._parse_file(p, base) for p in progress.progress(files, desc="reading labelme JSON", unit="file")
+                       if _looks_like_labelme(p)]
+        return self._items
+
+    def _parse_file(self, path: Path, base: Path) -> _Item:
+        key = path.relative_to(base).with_suffix("").as_posix()
+        try:
+            data = json.loads(path.read_bytes())
+            shapes = data["shapes"]
+            if not isinstance(shapes, list):
+                raise TypeError("shapes is not a list")
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+            return _Item(key, str(path), None, None, error=(f"not a labelme JSON file: {e}", "broken annotation"))
+        image_path = data.get("imagePath")
+        item = _Item(key, str(path), str(image_path).replace("\\", "/") if image_path else None, None)
+        if data.get("imageHeight") and data.get("imageWidth"):
+            try:
+                item.size = check_canvas(data["imageWidth"], data["imageHeight"], path)
+            except SourceItemError as e:
+                item.error = (e.message, e.reason)
+                return item
+        for name, value in sorted((data.get("flags") or {}).items()):
+            if value is True:
+                self.inv.tags[name] += 1
+                concept = self.mapping.tag(name)
+                if concept is not None:
+                    item.tags.setdefault(concept.category, []).append(self.ids.get(concept))
+        for shape in shapes:
+            self._shape(shape, item)
+        return item
+
+    def _shape(self, shape: dict, item: _Item) -> None:
+        kind = shape.get("shape_type") or "polygon"
+        label = str(shape.get("label") or "").strip()
+        if kind in NO_AREA:
+            item.skipped[kind] += 1
+            return
+        if not label or label in NOT_LABELS:
+            item.skipped["empty label" if not label else label] += 1
+            return
+        self.inv.labels[label] += 1
+        concept = self.mapping.shape(label)
+        if concept is None:
+            return
+        concepts = ((concept.category, self.ids.get(concept)),)
+        pts = finite_points(shape.get("points"))
+        geometry = None
+        if pts is not None:
+            if kind in ("polygon", "oriented_rectangle") and len(pts) >= 3:
+                geometry = Shape("polygon", pts, concepts)
+            elif kind == "rectangle" and len(pts) == 2:
+                (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+                geometry = Shape("polygon", box_points(x0, y0, x1, y1), concepts) if x1 > x0 and y1 > y0 else None
+            elif kind == "circle" and len(pts) == 2:
+                r = float(np.hypot(*(pts[1] - pts[0])))
+                geometry = Shape("ellipse", (pts[0][0], pts[0][1], r, r, 0.0), concepts) if r > 0 else None
+            elif kind == "mask" and len(pts) == 2 and isinstance(shape.get("mask"), str):
+                left, top = (int(round(v)) for v in pts.min(axis=0))
+                geometry = Shape("labelme_patch", (left, top, shape["mask"]), concepts)
+            elif kind not in ("polygon", "oriented_rectangle", "rectangle", "circle", "mask"):
+                item.skipped[f"unknown shape type {kind}"] += 1
+                return
+        if geometry is None:
+            item.skipped["degenerate shape"] += 1
+            return
+        item.shapes.append(geometry)
+
+    def items(self) -> list[int]:
+        """Indices of the JSON files, sorted by path."""
+        return list(range(len(self._parse())))
+
+    def inventory(self) -> Inventory:
+        """Label and flag counts (for a starter mapping)."""
+        self._parse()
+        return self.inv
+
+    @staticmethod
+    def _mask(shape: Shape, height: int, width: int, path: Path) -> np.ndarray:
+        if shape.kind != "labelme_patch":
+            return shape_mask(shape, height, width, path)
+        left, top, data = shape.data
+        return shape_mask(Shape("bitmap", (left, top, _decode_png(data, path)), shape.concepts), height, width, path)
+
+    def _image(self, entry: _Item) -> tuple[object, tuple[int, int]]:
+        json_path = Path(entry.json)
+        disk = (json_path.parent / entry.image_path) if entry.image_path else None
+        if disk is not None and disk.is_file():
+            with Image.open(disk) as im:
+                check_canvas(im.width, im.height, disk)
+                if im.getexif().get(0x0112, 1) == 1:
+                    return disk, (im.height, im.width)
+                log.debug("%s: EXIF orientation applied, as labelme does", disk)
+                rotated = ImageOps.exif_transpose(im)
+                return rotated, (rotated.height, rotated.width)
+        data = json.loads(json_path.read_bytes()).get("imageData")
+        if not data:
+            raise SourceItemError("image file not found and no imageData embedded", path=disk or json_path, reason="missing image")
+        try:
+            raw = base64.b64decode(data)
+            with Image.open(io.BytesIO(raw)) as im:
+                check_canvas(im.width, im.height, json_path, what="embedded image")
+                return raw, (im.height, im.width)
+        except (OSError, ValueError, binascii.Error) as e:
+            raise SourceItemError(f"cannot decode imageData: {e}", path=json_path, reason="unreadable image") from None
+
+    def load(self, item: int) -> Record:
+        """Paint one JSON file's shapes into label layers."""
+        entry = self._parse()[item]
+        if entry.error:
+            raise SourceItemError(entry.error[0], path=entry.json, reason=entry.error[1])
+        image, size = self._image(entry)
+        if entry.size and entry.size != size:
+            raise SourceItemError(
+                f"imageHeight x imageWidth {entry.size[0]} x {entry.size[1]} disagree with the image {size[0]} x {size[1]}",
+                path=entry.json, reason="image size mismatch",
+            )
+        return paint_record(entry.key, image, size, entry.shapes, entry.tags, self.ids.names, entry.skipped, Path(entry.json),
+                            mask_fn=self._mask)

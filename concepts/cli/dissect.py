@@ -1,0 +1,75 @@
+"""``concepts dissect``: Network Dissection of a PyTorch model against a concept dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from concepts.cli import app
+from concepts.errors import UsageError
+
+EPILOG = """Examples:
+
+  concepts dissect broden1_224/ --model resnet18 --weights resnet18_places365.pth --layer layer4 -o out/
+
+  concepts dissect data/ --model mypkg.nets:build --layer features.28 --layer features.30 -o out/ --normalize netdissect
+"""
+
+
+def _thresholds(values: list[str] | None) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for v in values or []:
+        layer, sep, path = v.rpartition("=")
+        if sep and layer:
+            out[layer] = Path(path)
+        else:
+            out[""] = Path(v)
+    return out
+
+
+@app.command(epilog=EPILOG)
+def dissect(
+    dataset: Annotated[Path, typer.Argument(help="Concept dataset folder (Broden layout).")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="torchvision architecture (resnet18, alexnet, vgg16, ...) or package.module:factory.")] = None,
+    layer: Annotated[Optional[list[str]], typer.Option("--layer", "-l", help="Module name to dissect (repeatable; nested names like layer4.1.conv2).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("dissection"),
+    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint: state dict (DataParallel and {'state_dict': ...} accepted) or TorchScript.")] = None,
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="Use torchvision's published weights (downloads them).")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a whole pickled model (runs code from the file: trusted files only).")] = False,
+    categories: Annotated[Optional[list[str]], typer.Option("--categories", "-c", help="Only these categories (repeatable or comma-separated).")] = None,
+    quantile: Annotated[float, typer.Option("--quantile", help="Fraction of activations above each unit's threshold.")] = 0.005,
+    iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="IoU above which a unit detects its label.")] = 0.04,
+    union: Annotated[str, typer.Option("--union", help="Which activations count for a category: ndlite (reference), netdissect (2017), global.")] = "ndlite",
+    normalize: Annotated[str, typer.Option("--normalize", help="imagenet, netdissect (reference), none, or m1,m2,m3/s1,s2,s3.")] = "imagenet",
+    thresholds: Annotated[Optional[list[str]], typer.Option("--thresholds", help="Per-unit thresholds .npy (FILE for every layer, or LAYER=FILE).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 32,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding images and labels.")] = 2,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    split: Annotated[Optional[str], typer.Option("--split", help="Only images of this split.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Top activating images kept per unit.")] = 10,
+    cache_gb: Annotated[float, typer.Option("--cache-gb", help="Disk budget for cached features; above it they are recomputed.")] = 8.0,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even when finished results match.")] = False,
+) -> None:
+    """Label every unit of the given layers with the concept its activations segment best."""
+    from dissect.run import DissectConfig
+    from dissect.run import dissect as run
+
+    if not layer:
+        raise UsageError("give at least one --layer")
+    cats = [c.strip() for v in categories or [] for c in v.split(",") if c.strip()] or None
+    cfg = DissectConfig(
+        dataset=dataset, layers=list(layer), out=out, model=model, weights=weights, pretrained=pretrained,
+        trust_pickle=trust_pickle, categories=cats, quantile=quantile, iou_threshold=iou_threshold, union=union,
+        normalize=normalize, thresholds=_thresholds(thresholds), batch_size=batch_size, workers=workers,
+        device=device, split=split, limit=limit, top_k=top_k, cache_budget_gb=cache_gb, force=force,
+    )
+    record = run(cfg)
+    for name, summary in record["summary"].items():
+        if summary is None:
+            continue
+        per_cat = ", ".join(f"{c} {v['detectors']}/{v['unique_concepts']}" for c, v in summary["categories"].items())
+        typer.echo(f"{name}: {summary['detectors']} of {summary['units']} units are detectors, {summary['unique_concepts']} unique concepts ({per_cat})")
+    typer.echo(f"results in {out}")

@@ -1,0 +1,304 @@
+"""The concept mapping: how labels of an annotation-tool export become concepts.
+
+A mapping file (YAML or TOML, see docs/concept-mapping.md) says, for the labels, shape attributes
+and image tags of custom exports (CVAT, COCO, LabelMe, labelme), which category each belongs to
+and which canonical name and synonyms it gets, or that it is dropped. Without a file the defaults
+apply: area shapes are ``object``, parts (LabelMe ``ispartof``) are ``part``, tags are ``scene``,
+attributes are ignored.
+
+Builders call :meth:`ConceptMapping.shape`, :meth:`ConceptMapping.tag` and
+:meth:`ConceptMapping.attribute`; each returns a :class:`Concept` (category + names) or None
+(dropped). :class:`LabelIds` gives each concept one stable id per export.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from concepts.errors import SourceError, UsageError
+from concepts.vocabulary import normalize_name, scene_name
+
+DEFAULT_SHAPE = "object"
+DEFAULT_PART = "part"
+DEFAULT_TAG = "scene"
+_CATEGORY_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+_FALSE = {"", "false", "0", "no", "off"}
+_TOP_KEYS = {"version", "unmapped", "labels", "attributes", "tags"}
+_ENTRY_KEYS = {"category", "name", "synonyms", "drop"}
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A concept a label maps to: its category and names (canonical first)."""
+
+    category: str
+    names: tuple[str, ...]
+
+
+@dataclass
+class _Entry:
+    category: str | None = None
+    names: tuple[str, ...] = ()
+    drop: bool = False
+
+
+@dataclass
+class _Attribute:
+    category: str | None = None
+    drop: bool = False
+    values: dict[str, _Entry] = field(default_factory=dict)
+
+
+@dataclass
+class ConceptMapping:
+    """A parsed mapping; ``ConceptMapping()`` is the default (no file)."""
+
+    labels: dict[str, _Entry] = field(default_factory=dict)
+    attributes: dict[str, _Attribute] = field(default_factory=dict)
+    tag_category: str = DEFAULT_TAG
+    keep_unmapped: bool = True
+    source: Path | None = None
+
+    def _entry(self, table: Mapping[str, Any], label: str) -> Any:
+        return table.get(label, table.get(normalize_name(label)))
+
+    def _concept(self, category: str, names: Sequence[str]) -> Concept | None:
+        if category == "scene":
+            names = [n for n in (scene_name(x) for x in names) if n]
+        names = tuple(n for n in dict.fromkeys(n.strip() for n in names) if n)
+        return Concept(category, names) if names else None
+
+    def shape(self, label: str, *, part: bool = False) -> Concept | None:
+        """The concept of an area shape labelled ``label`` (``part``: it is a part of another shape)."""
+        entry = self._entry(self.labels, label)
+        if entry is None and not self.keep_unmapped:
+            return None
+        entry = entry or _Entry()
+        if entry.drop:
+            return None
+        category = entry.category or (DEFAULT_PART if part else DEFAULT_SHAPE)
+        return self._concept(category, entry.names or (label,))
+
+    def tag(self, label: str) -> Concept | None:
+        """The concept of an image-level tag (CVAT tag, labelme flag)."""
+        entry = self._entry(self.labels, label)
+        if entry is None and not self.keep_unmapped:
+            return None
+        entry = entry or _Entry()
+        if entry.drop:
+            return None
+        return self._concept(entry.category or self.tag_category, entry.names or (label,))
+
+    def attribute(self, name: str, value: str) -> Concept | None:
+        """The concept an attribute ``name=value`` of a shape adds over its pixels (None: ignored)."""
+        spec = self._entry(self.attributes, name)
+        if spec is None or spec.drop:
+            return None
+        value = str(value).strip()
+        if value.lower() in _FALSE:
+            return None
+        if value.lower() == "true":
+            value = name  # a checkbox names the concept by the attribute itself
+        entry = self._entry(spec.values, value) or _Entry()
+        if entry.drop:
+            return None
+        return self._concept(entry.category or spec.category or name, entry.names or (value,))
+
+
+class LabelIds:
+    """Stable source ids of the concepts of one export: ``(category, names) -> id`` per category."""
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple[str, tuple[str, ...]], int] = {}
+        self.names: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._next: Counter = Counter()
+
+    def get(self, concept: Concept) -> int:
+        """The id of a concept in its category, assigned on first use (1, 2, ...)."""
+        key = (concept.category, concept.names)
+        if key not in self.ids:
+            self._next[concept.category] += 1
+            ident = self._next[concept.category]
+            self.ids[key] = ident
+            self.names[(concept.category, ident)] = concept.names
+        return self.ids[key]
+
+
+def _fail(path: Path, where: str, message: str) -> SourceError:
+    return SourceError(f"{where}: {message}", path=path, hint="see docs/concept-mapping.md for the format")
+
+
+def _category(path: Path, where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(path, where, f"category must be a non-empty string, got {value!r}")
+    text = normalize_name(value)
+    if not set(text) <= _CATEGORY_CHARS:
+        raise _fail(path, where, f"category {value!r} may only use lower-case letters, digits, '_' and '-'")
+    return text
+
+
+def _parse_entry(path: Path, where: str, value: Any, *, allow_category: bool = True) -> _Entry:
+    if value is None or value is False or value == "drop":
+        return _Entry(drop=True)
+    if isinstance(value, str):
+        return _Entry(names=(value,))
+    if not isinstance(value, Mapping):
+        raise _fail(path, where, f"expected a table (category/name/synonyms), 'drop' or a name, got {value!r}")
+    unknown = set(value) - _ENTRY_KEYS
+    if unknown:
+        raise _fail(path, where, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(_ENTRY_KEYS))}")
+    if value.get("drop"):
+        return _Entry(drop=True)
+    category = _category(path, f"{where}.category", value["category"]) if "category" in value and allow_category else None
+    name = value.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise _fail(path, f"{where}.name", f"must be a non-empty string, got {name!r}")
+    syns = value.get("synonyms", [])
+    if isinstance(syns, str):
+        syns = [syns]
+    if not isinstance(syns, list) or not all(isinstance(s, str) for s in syns):
+        raise _fail(path, f"{where}.synonyms", f"must be a list of strings, got {syns!r}")
+    return _Entry(category=category, names=((name,) if name else ()) + tuple(syns))
+
+
+def _read(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError("concept mapping file not found", path=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"cannot read concept mapping: {e}", path=path) from None
+    if path.suffix.lower() == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise SourceError(f"not valid TOML: {e}", path=path) from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SourceError(f"not valid YAML: {' '.join(str(e).split())}", path=path) from None
+
+
+def load_mapping(path: str | Path | None) -> ConceptMapping:
+    """Read a concept mapping file (YAML, or TOML by its ``.toml`` suffix); None gives the defaults."""
+    if path is None:
+        return ConceptMapping()
+    path = Path(path)
+    data = _read(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise _fail(path, "top level", "must be a table with labels/attributes/tags")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise _fail(path, "top level", f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    if data.get("version", 1) != 1:
+        raise _fail(path, "version", f"unsupported version {data.get('version')!r} (this program reads version 1)")
+    unmapped = data.get("unmapped", "keep")
+    if unmapped not in ("keep", "drop"):
+        raise _fail(path, "unmapped", f"must be 'keep' or 'drop', got {unmapped!r}")
+    mapping = ConceptMapping(keep_unmapped=unmapped == "keep", source=path)
+    labels = data.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        raise _fail(path, "labels", "must be a table of label: entry")
+    for label, value in labels.items():
+        mapping.labels[str(label)] = _parse_entry(path, f"labels.{label}", value)
+    attributes = data.get("attributes") or {}
+    if not isinstance(attributes, Mapping):
+        raise _fail(path, "attributes", "must be a table of attribute: entry")
+    for name, value in attributes.items():
+        where = f"attributes.{name}"
+        if value is None or value is False or value == "drop":
+            mapping.attributes[str(name)] = _Attribute(drop=True)
+            continue
+        if isinstance(value, str):
+            mapping.attributes[str(name)] = _Attribute(category=_category(path, where, value))
+            continue
+        if not isinstance(value, Mapping) or set(value) - {"category", "values"}:
+            raise _fail(path, where, "must be a category name, 'drop', or a table with category and values")
+        attr = _Attribute(category=_category(path, f"{where}.category", value["category"]) if "category" in value else None)
+        values = value.get("values") or {}
+        if not isinstance(values, Mapping):
+            raise _fail(path, f"{where}.values", "must be a table of value: entry")
+        for v, entry in values.items():
+            attr.values[str(v)] = _parse_entry(path, f"{where}.values.{v}", entry)
+        mapping.attributes[str(name)] = attr
+    tags = data.get("tags") or {}
+    if not isinstance(tags, Mapping) or set(tags) - {"category"}:
+        raise _fail(path, "tags", "must be a table with one key, category")
+    if "category" in tags:
+        mapping.tag_category = _category(path, "tags.category", tags["category"])
+    return mapping
+
+
+@dataclass
+class Inventory:
+    """What an export contains, for a starter mapping: label, part, tag and attribute counts."""
+
+    labels: Counter = field(default_factory=Counter)
+    parts: Counter = field(default_factory=Counter)
+    tags: Counter = field(default_factory=Counter)
+    attributes: dict[str, Counter] = field(default_factory=dict)
+
+    def add_attribute(self, name: str, value: str) -> None:
+        """Count one attribute value."""
+        self.attributes.setdefault(name, Counter())[str(value)] += 1
+
+
+def _q(text: str) -> str:
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
+
+
+def starter_mapping(builders: Sequence[Any]) -> str:
+    """A starter YAML mapping listing every label, attribute and tag the builders' exports contain."""
+    total = Inventory()
+    lines = ["# Concept mapping generated by `concepts build --print-concepts`; edit, then pass --concepts FILE.",
+             "# Counts are the number of shapes (or tags/values) found. See docs/concept-mapping.md.",
+             "version: 1", "unmapped: keep"]
+    for b in builders:
+        inventory = getattr(b, "inventory", None)
+        if inventory is None:
+            lines.append(f"# {b.NAME} ({b.root}): labels come from the dataset itself; no mapping needed")
+            continue
+        inv = inventory()
+        total.labels.update(inv.labels)
+        total.parts.update(inv.parts)
+        total.tags.update(inv.tags)
+        for name, values in inv.attributes.items():
+            total.attributes.setdefault(name, Counter()).update(values)
+    lines.append("labels:")
+    every = sorted(set(total.labels) | set(total.parts) | set(total.tags))
+    if not every:
+        lines[-1] = "labels: {}"
+    for label in every:
+        if total.tags[label] and not total.labels[label] and not total.parts[label]:
+            category = "scene"
+        elif total.parts[label] and not total.labels[label]:
+            category = "part"
+        else:
+            category = "object"
+        counts = ", ".join(f"{n} {what}" for n, what in ((total.labels[label], "shapes"), (total.parts[label], "parts"),
+                                                         (total.tags[label], "tags")) if n)
+        lines.append(f"  {_q(label)}: {{category: {category}, name: {_q(normalize_name(label) or label)}, synonyms: []}}  # {counts}")
+    lines.append("attributes:" if total.attributes else "attributes: {}")
+    for name in sorted(total.attributes):
+        values = total.attributes[name]
+        shown = ", ".join(f"{v} x{n}" for v, n in sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))[:20])
+        lines.append(f"  {_q(name)}: drop  # values: {shown}; to use: {{category: {_category_guess(name)}}}")
+    lines.append("tags:")
+    lines.append("  category: scene")
+    return "\n".join(lines) + "\n"
+
+
+def _category_guess(name: str) -> str:
+    text = "".join(c for c in normalize_name(name).replace(" ", "_") if c in _CATEGORY_CHARS)
+    return text or "attribute"

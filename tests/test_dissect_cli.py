@@ -1,0 +1,136 @@
+"""``concepts dissect`` through the CLI: one-line errors, resume without recomputing, --thresholds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from concepts.cli import app
+from synth import red_unit_net, toy_dataset
+
+BASE = ["--model", "synth:red_unit_net", "--normalize", "none", "--quantile", "0.1", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return toy_dataset(tmp_path_factory.mktemp("toy") / "ds", n=8)
+
+
+@pytest.fixture(autouse=True)
+def _cwd(monkeypatch):
+    import pathlib
+
+    monkeypatch.chdir(pathlib.Path(__file__).parent)  # synth:red_unit_net resolves from here
+
+
+def invoke(*args):
+    import logging
+
+    # The root callback installs its stderr handler once; CliRunner swaps stderr per call.
+    for name in ("concepts", "builders", "dissect"):
+        lg = logging.getLogger(name)
+        for h in [h for h in lg.handlers if getattr(h, "_concepts_cli", False)]:
+            lg.removeHandler(h)
+    result = CliRunner().invoke(app, ["dissect", *map(str, args)])
+    return result, result.output
+
+
+def one_error_line(result, text):
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code != 0
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def test_unreadable_dataset(tmp_path):
+    result, _ = invoke(tmp_path / "nope", *BASE, "--layer", "pool", "-o", tmp_path / "out")
+    one_error_line(result, "nope")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "category.csv").write_text("wrong,header\n")
+    result, _ = invoke(tmp_path / "bad", *BASE, "--layer", "pool", "-o", tmp_path / "out")
+    one_error_line(result, "category.csv")
+
+
+def test_unknown_layer_lists_available(toy, tmp_path):
+    result, _ = invoke(toy, *BASE, "--layer", "pol", "-o", tmp_path / "out")
+    line = one_error_line(result, "no layer 'pol'")
+    assert "did you mean pool" in line and "conv" in line and "head" in line
+
+
+@pytest.mark.parametrize("layer,text", [("gap", "spatial size above 1x1"), ("head", "N x units x h x w")])
+def test_layer_without_spatial_maps(toy, tmp_path, layer, text):
+    result, _ = invoke(toy, *BASE, "--layer", layer, "-o", tmp_path / "out")
+    one_error_line(result, text)
+
+
+def test_checkpoint_that_does_not_fit(toy, tmp_path):
+    state = torch.nn.Conv2d(3, 8, 1).state_dict()
+    torch.save(state, tmp_path / "other.pt")
+    result, _ = invoke(toy, *BASE, "--weights", tmp_path / "other.pt", "--layer", "pool", "-o", tmp_path / "out")
+    one_error_line(result, "does not fit")
+
+
+def test_bad_options(toy, tmp_path):
+    result, _ = invoke(toy, *BASE, "--layer", "pool", "--union", "weird", "-o", tmp_path / "out")
+    one_error_line(result, "--union")
+    result, _ = invoke(toy, *BASE, "--layer", "pool", "--categories", "colour", "-o", tmp_path / "out")
+    one_error_line(result, "colour")
+    np.save(tmp_path / "t.npy", np.zeros(3, np.float32))
+    result, _ = invoke(toy, *BASE, "--layer", "pool", "--thresholds", tmp_path / "t.npy", "-o", tmp_path / "out")
+    one_error_line(result, "3 thresholds but layer pool has 4 units")
+
+
+def test_resume_does_not_recompute(toy, tmp_path):
+    out = tmp_path / "out"
+    result, _ = invoke(toy, *BASE, "--layer", "pool", "-o", out)
+    assert result.exit_code == 0, result.output
+    first = json.loads((out / "run.json").read_text())
+    assert first["recomputed"] == ["pool"]
+    tally = (out / "tally_pool.csv").stat().st_mtime_ns
+    result, _ = invoke(toy, *BASE, "--layer", "pool", "-o", out)
+    assert result.exit_code == 0
+    assert json.loads((out / "run.json").read_text())["recomputed"] == []
+    assert (out / "tally_pool.csv").stat().st_mtime_ns == tally
+    # A new layer is computed alone; the finished one is kept.
+    result, _ = invoke(toy, *BASE, "--layer", "pool", "--layer", "conv", "-o", out)
+    assert json.loads((out / "run.json").read_text())["recomputed"] == ["conv"]
+    assert set(json.loads((out / "summary.json").read_text())) == {"pool", "conv"}
+    # Changed arguments recompute and say why.
+    result, _ = invoke(toy, *[a if a != "0.1" else "0.2" for a in BASE], "--layer", "pool", "-o", out)
+    assert json.loads((out / "run.json").read_text())["recomputed"] == ["pool"]
+    assert (out / "tally_pool.csv").stat().st_mtime_ns != tally
+
+
+def test_resume_logs_reason(toy, tmp_path, caplog):
+    from dissect.run import DissectConfig, dissect
+
+    cfg = DissectConfig(dataset=toy, layers=["pool"], out=tmp_path / "o", model="synth:red_unit_net", normalize="none", quantile=0.1, workers=0)
+    dissect(cfg)
+    cfg.union = "global"
+    with caplog.at_level("INFO", logger="dissect"):
+        dissect(cfg)
+    assert "union 'ndlite' -> 'global'" in caplog.text
+
+
+def test_given_thresholds_are_used(toy, tmp_path):
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    assert invoke(toy, *BASE, "--layer", "pool", "-o", out1)[0].exit_code == 0
+    t = np.load(out1 / "thresholds_pool.npy")
+    np.save(tmp_path / "t.npy", t)
+    result, _ = invoke(toy, *BASE[:-4], "--workers", "0", "--layer", "pool", "--thresholds", f"pool={tmp_path / 't.npy'}", "-o", out2)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(out2 / "thresholds_pool.npy"), t)
+    assert (out1 / "tally_pool.csv").read_text() == (out2 / "tally_pool.csv").read_text()
+
+
+def test_model_factory_output_is_deterministic(toy, tmp_path):
+    for name in ("x", "y"):
+        assert invoke(toy, *BASE, "--layer", "conv", "--batch-size", "3" if name == "x" else "8", "-o", tmp_path / name)[0].exit_code == 0
+    assert (tmp_path / "x" / "tally_conv.csv").read_bytes() == (tmp_path / "y" / "tally_conv.csv").read_bytes()
+    assert red_unit_net().conv.weight.shape == (4, 3, 1, 1)
