@@ -1,0 +1,92 @@
+"""A summary of a concept dataset: images per split, labels per category, frequent and rare concepts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from concepts.broden.reader import ConceptDataset
+
+
+@dataclass
+class CategorySummary:
+    """One category: its labels, how many images carry data for it and in what form."""
+
+    name: str
+    labels: int
+    images: int
+    kind: str  # "pixel", "image-level", "mixed" or "none"
+    frequency: int
+
+
+@dataclass
+class DatasetSummary:
+    """What ``concepts info`` prints."""
+
+    dataset: str
+    images: int
+    splits: dict[str, int]
+    image_sizes: dict[str, int]
+    segmentation_sizes: dict[str, int]
+    labels: int
+    categories: list[CategorySummary] = field(default_factory=list)
+    most_frequent: list[dict[str, Any]] = field(default_factory=list)
+    least_frequent: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form of the summary."""
+        return asdict(self)
+
+
+def summarize(ds: ConceptDataset, top: int = 10, name: str | Path | None = None) -> DatasetSummary:
+    """Summarise an opened dataset from its tables (no pixel is decoded)."""
+    splits = Counter(s.split for s in ds.samples)
+    sizes = Counter(f"{s.iw}x{s.ih}" for s in ds.samples)
+    segs = Counter(f"{s.sw}x{s.sh}" for s in ds.samples)
+    cats = []
+    for cat in ds.categories:
+        with_data = [s for s in ds.samples if s.has(cat.name)]
+        pixel = any(s.pixel_paths(cat.name) for s in with_data)
+        level = any(s.image_labels(cat.name) for s in with_data)
+        kind = "mixed" if pixel and level else "pixel" if pixel else "image-level" if level else "none"
+        cats.append(CategorySummary(cat.name, cat.count, len(with_data), kind, cat.frequency))
+
+    def row(label: Any) -> dict[str, Any]:
+        return {"number": label.number, "name": label.name, "category": label.primary or next(iter(label.categories), ""),
+                "frequency": label.frequency, "coverage": round(label.coverage, 3)}
+
+    ranked = sorted(ds.labels.values(), key=lambda lb: (-lb.frequency, -lb.coverage, lb.number))
+    least = ranked[::-1][:top] if len(ranked) > top else []
+    return DatasetSummary(
+        dataset=str(name if name is not None else ds.root),
+        images=len(ds.samples),
+        splits=dict(sorted(splits.items())),
+        image_sizes=dict(sizes.most_common()),
+        segmentation_sizes=dict(segs.most_common()),
+        labels=len(ds.labels),
+        categories=cats,
+        most_frequent=[row(lb) for lb in ranked[:top]],
+        least_frequent=[row(lb) for lb in least],
+    )
+
+
+def format_summary(summary: DatasetSummary) -> str:
+    """The summary as aligned plain-text tables."""
+    lines = [f"{summary.dataset}: {summary.images} images, {summary.labels} labels, {len(summary.categories)} categories"]
+    lines.append("splits:   " + ", ".join(f"{k} {v}" for k, v in summary.splits.items()))
+    lines.append("images:   " + ", ".join(f"{k} ({v})" for k, v in list(summary.image_sizes.items())[:4]))
+    lines.append("labels:   " + ", ".join(f"{k} ({v})" for k, v in list(summary.segmentation_sizes.items())[:4]))
+    lines.append("")
+    lines.append(f"{'category':<14}{'labels':>7}{'images':>8}{'frequency':>11}  kind")
+    for c in summary.categories:
+        lines.append(f"{c.name:<14}{c.labels:>7}{c.images:>8}{c.frequency:>11}  {c.kind}")
+    for title, rows in (("most frequent", summary.most_frequent), ("least frequent", summary.least_frequent)):
+        if not rows:
+            continue
+        lines.append("")
+        lines.append(f"{title + ' concepts':<28}{'category':<12}{'images':>8}{'coverage':>10}")
+        for r in rows:
+            lines.append(f"{r['number']:>5} {r['name'][:21]:<22}{r['category']:<12}{r['frequency']:>8}{r['coverage']:>10.3f}")
+    return "\n".join(lines)
