@@ -137,11 +137,15 @@ def check_canvas(width: object, height: object, path: Path, *, what: str = "imag
 
 def header_size(path: Path, *, what: str = "image") -> tuple[int, int]:
     """``(height, width)`` of an image file from its header only, refusing pixel bombs."""
-    size = image_size(path)
-    if size is None:
-        if not path.is_file():
-            raise SourceItemError(f"{what} is missing", path=path, reason=f"missing {what}")
-        raise SourceItemError(f"cannot read the {what} header", path=path, reason=f"unreadable {what}")
+    if not path.is_file():
+        raise SourceItemError(f"{what} is missing", path=path, reason=f"missing {what}")
+    try:
+        with Image.open(path) as im:
+            size = im.size
+    except Image.DecompressionBombError as e:
+        raise SourceItemError(f"refused {what}: {e}", path=path, reason="image too large") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SourceItemError(f"cannot read the {what} header: {e}", path=path, reason=f"unreadable {what}") from None
     return check_canvas(size[0], size[1], path, what=what)
 
 

@@ -248,8 +248,9 @@ class CvatBuilder(Builder):
         """Paint one image's shapes into label layers."""
         image = self._parse()[item]
         xml = self._xml_path()
+        # The image is named in the message too: the unifier reports only path and message.
         if image.error:
-            raise SourceItemError(image.error[0], path=xml, item=image.name, reason=image.error[1])
+            raise SourceItemError(f"<image name={image.name!r}>: {image.error[0]}", path=xml, reason=image.error[1])
         path = self._find_image(image)
         if path is None:
             raise SourceItemError("image file not in the export", path=self._base() / "images" / image.subset / image.name,
@@ -257,4 +258,4 @@ class CvatBuilder(Builder):
         try:
             return paint_record(image.key, path, image.size, image.shapes, image.tags, self.ids.names, image.skipped, xml)
         except SourceItemError as e:
-            raise SourceItemError(e.message, path=xml, item=image.name, reason=e.reason) from None
+            raise SourceItemError(f"<image name={image.name!r}>: {e.message}", path=xml, reason=e.reason) from None

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from builders import register
 from builders._raster import header_size, read_image_array
@@ -49,6 +50,25 @@ def read_labelmap(path: Path) -> list[tuple[str, tuple[int, int, int]]]:
     if not out:
         raise SourceError("labelmap.txt lists no labels", path=path)
     return out
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """A class mask as RGB colours, or a 2-D array of labelmap line indices (1-channel masks).
+
+    Palette PNGs (VOC style) are colours through their palette, not line indices.
+    """
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("P", "PA"):
+                return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        pass  # read_image_array reports it with the reason
+    arr = read_image_array(path, what="mask")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 2:  # LA: the index is the luminance
+        arr = arr[..., 0]
+    return arr
 
 
 @register
@@ -116,7 +136,9 @@ class CvatMaskBuilder(Builder):
         """Decode one class mask through labelmap.txt."""
         subset, name = item
         key = f"{subset}/{name}" if subset and subset != "default" else name
-        images = sorted((self.folder / "JPEGImages" / name).parent.glob(Path(name).name + ".*"))
+        folder, stem = (self.folder / "JPEGImages" / name).parent, Path(name).name
+        # Compared by stem rather than globbed: names may hold glob characters such as '['.
+        images = sorted(p for p in folder.iterdir() if p.is_file() and p.stem == stem) if folder.is_dir() else []
         if not images:
             raise SourceItemError("image not in the export (JPEGImages/)", path=self.folder / "JPEGImages" / name, reason="missing image")
         record = Record(key=key, image=images[0])
@@ -124,9 +146,9 @@ class CvatMaskBuilder(Builder):
         if not mask_path.is_file():
             return record
         header_size(mask_path, what="mask")
-        arr = read_image_array(mask_path, what="mask")
+        arr = _read_mask(mask_path)
         skipped: Counter = Counter()
-        if arr.ndim == 2 and arr.dtype != bool:
+        if arr.ndim == 2:
             lut_targets = self.by_index
             codes = arr.astype(np.int64)
             table = {i: t for i, t in enumerate(lut_targets)}

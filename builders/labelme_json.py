@@ -60,7 +60,9 @@ def _decode_png(data: str, path: Path) -> np.ndarray:
             if im.width * im.height > MAX_PIXELS:
                 raise SourceItemError("mask patch exceeds the pixel limit", path=path, reason="image too large")
             return np.asarray(im.convert("L")) > 0
-    except (OSError, ValueError, binascii.Error) as e:
+    except Image.DecompressionBombError as e:
+        raise SourceItemError(f"refused a mask shape: {e}", path=path, reason="image too large") from None
+    except (OSError, SyntaxError, ValueError, binascii.Error) as e:
         raise SourceItemError(f"cannot decode a mask shape: {e}", path=path, reason="bad mask") from None
 
 
@@ -179,13 +181,18 @@ class LabelmeJsonBuilder(Builder):
         json_path = Path(entry.json)
         disk = (json_path.parent / entry.image_path) if entry.image_path else None
         if disk is not None and disk.is_file():
-            with Image.open(disk) as im:
-                check_canvas(im.width, im.height, disk)
-                if im.getexif().get(0x0112, 1) == 1:
-                    return disk, (im.height, im.width)
-                log.debug("%s: EXIF orientation applied, as labelme does", disk)
-                rotated = ImageOps.exif_transpose(im)
-                return rotated, (rotated.height, rotated.width)
+            try:
+                with Image.open(disk) as im:
+                    check_canvas(im.width, im.height, disk)
+                    if im.getexif().get(0x0112, 1) == 1:
+                        return disk, (im.height, im.width)
+                    log.debug("%s: EXIF orientation applied, as labelme does", disk)
+                    rotated = ImageOps.exif_transpose(im)
+                    return rotated, (rotated.height, rotated.width)
+            except Image.DecompressionBombError as e:
+                raise SourceItemError(f"refused: {e}", path=disk, reason="image too large") from None
+            except (OSError, SyntaxError, ValueError) as e:
+                raise SourceItemError(f"cannot decode image: {e}", path=disk, reason="unreadable image") from None
         data = json.loads(json_path.read_bytes()).get("imageData")
         if not data:
             raise SourceItemError("image file not found and no imageData embedded", path=disk or json_path, reason="missing image")
@@ -194,7 +201,9 @@ class LabelmeJsonBuilder(Builder):
             with Image.open(io.BytesIO(raw)) as im:
                 check_canvas(im.width, im.height, json_path, what="embedded image")
                 return raw, (im.height, im.width)
-        except (OSError, ValueError, binascii.Error) as e:
+        except Image.DecompressionBombError as e:
+            raise SourceItemError(f"refused embedded image: {e}", path=json_path, reason="image too large") from None
+        except (OSError, SyntaxError, ValueError, binascii.Error) as e:
             raise SourceItemError(f"cannot decode imageData: {e}", path=json_path, reason="unreadable image") from None
 
     def load(self, item: int) -> Record:

@@ -63,9 +63,19 @@ class ConceptMapping:
     tag_category: str = DEFAULT_TAG
     keep_unmapped: bool = True
     source: Path | None = None
+    _normalised: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict, repr=False, compare=False)
 
     def _entry(self, table: Mapping[str, Any], label: str) -> Any:
-        return table.get(label, table.get(normalize_name(label)))
+        if label in table:
+            return table[label]
+        # Exports vary case and spacing ("Person ", "person"): compare normalised names on both sides.
+        cached = self._normalised.get(id(table))
+        if cached is None or cached[0] != len(table):
+            index: dict[str, Any] = {}
+            for key, value in table.items():
+                index.setdefault(normalize_name(key), value)
+            cached = self._normalised[id(table)] = (len(table), index)
+        return cached[1].get(normalize_name(label))
 
     def _concept(self, category: str, names: Sequence[str]) -> Concept | None:
         if category == "scene":

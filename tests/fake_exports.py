@@ -159,3 +159,32 @@ def write_labelme_json(path: Path, image_path: str | None, shapes: list[dict], *
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def label_layers(out: Path, image_suffix: str, category: str) -> list[np.ndarray]:
+    """The built dataset's label names per pixel, one ``sh x sw`` object array per layer, for one image.
+
+    ``image_suffix`` picks the sample whose ``index.csv`` image path ends with it; image-level
+    numbers become constant layers, as NetDissect-Lite reads them.
+    """
+    from concepts.broden.reader import open_dataset
+
+    ds = open_dataset(out)
+    names = np.array(ds.label_names(), dtype=object)
+    matches = [s for s in ds if s.image.endswith(image_suffix)]
+    assert len(matches) == 1, [s.image for s in ds]
+    data = ds.load_labels(matches[0], category)
+    if isinstance(data, list):
+        return [np.full((matches[0].sh, matches[0].sw), names[n], object) for n in data]
+    return [names[layer] for layer in data]
+
+
+def assert_valid(out: Path) -> None:
+    """Run the dataset validator (when it exists yet) and fail on any finding of severity error."""
+    try:
+        from concepts.validate import validate
+    except ImportError:
+        return
+    report = validate(out)
+    errors = [f for f in getattr(report, "findings", report) if getattr(f, "severity", "") == "error"]
+    assert not errors, errors

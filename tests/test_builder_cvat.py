@@ -248,3 +248,34 @@ def test_end_to_end_build_and_cli(task: Path, tmp_path: Path) -> None:
     assert '"door": {category: object, name: "door", synonyms: []}  # 1 shapes' in result.output
     assert '"indoor": {category: scene' in result.output
     assert '"material": drop  # values: wood x1' in result.output
+
+
+def test_shipped_example_builds(tmp_path: Path) -> None:
+    """The README quickstart: examples/ builds with its mapping, and the labels land where annotated."""
+    from typer.testing import CliRunner
+
+    from concepts.broden.reader import open_dataset
+    from concepts.cli import app
+    from fake_exports import assert_valid, label_layers
+
+    root = Path(__file__).parents[1] / "examples"
+    out = tmp_path / "example"
+    result = CliRunner().invoke(app, ["build", "--from", str(root / "cvat_export"), "--from", str(root / "labelme_export"),
+                                      "--concepts", str(root / "concepts.yaml"), "-o", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 12 images (cvat: 10, labelme: 2)" in result.output
+    assert "skipped 1 annotation(s): polyline" in result.output and "skipped 1 annotation(s): deleted" in result.output
+    ds = open_dataset(out)
+    assert set(ds.category_names) == {"color", "object", "part", "material", "scene", "celestial"}
+    coins = label_layers(out, "coins.jpg", "object")[0]
+    metal = label_layers(out, "coins.jpg", "material")[0]
+    assert ((coins == "coin") == (metal == "metal")).all() and 0.25 < (coins == "coin").mean() < 0.45
+    top, below = label_layers(out, "coffee.jpg", "object")[:2]
+    assert top[76, 152] == "coffee" and below[76, 152] == "cup" and top[5, 300] == "table"
+    assert label_layers(out, "coffee.jpg", "scene")[0][0, 0] == "coffee shop-s"
+    tripod = label_layers(out, "camera.jpg", "object")[0]
+    assert tripod[260, 222] == "tripod" and tripod[260, 160] == "tripod"  # the two rotated legs
+    parts = label_layers(out, "chelsea.jpg", "part")[0]
+    assert parts[85, 120] == "eye" and parts[175, 185] == "nose"
+    assert "mast" not in ds.label_names() and "whiskers" not in ds.label_names()
+    assert_valid(out)

@@ -114,3 +114,21 @@ def test_starter_mapping_round_trips(tmp_path: Path) -> None:
     m = load_mapping(path)
     assert m.shape("Tree; big") == Concept("object", ("tree, big",))
     assert m.attribute("kind", "oak") is None
+
+
+def test_docs_examples_agree_and_lookups_normalise(tmp_path: Path) -> None:
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "concept-mapping.md").read_text()
+    (tmp_path / "a.yaml").write_text(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))
+    (tmp_path / "a.toml").write_text(re.search(r"```toml\n(.*?)```", text, re.S).group(1))
+    y, t = load_mapping(tmp_path / "a.yaml"), load_mapping(tmp_path / "a.toml")
+    for m in (y, t):
+        assert m.shape(" PERSON ") == Concept("object", ("person", "human", "pedestrian"))
+        assert m.shape("tyre") == Concept("object", ("wheel",)) and m.shape("clutter") is None
+        assert m.shape("galaxy") == Concept("celestial", ("galaxy",))
+        assert m.tag("kitchen") == Concept("scene", ("kitchen-s", "galley-s"))
+        assert m.attribute("Material", "wood") == Concept("material", ("wood", "timber"))
+        assert m.attribute("material", "metal") == Concept("material", ("metal",))
+        assert m.attribute("shiny", "true") == Concept("material", ("shiny",)) and m.attribute("shiny", "false") is None
+    assert (y.labels, y.attributes, y.tag_category) == (t.labels, t.attributes, t.tag_category)

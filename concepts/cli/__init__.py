@@ -34,6 +34,18 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is now (test runners swap it between runs)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 class _App(typer.Typer):
     """A Typer app whose commands all map ConceptsError to one line and a non-zero exit."""
 
@@ -74,7 +86,7 @@ def _root(
         lg = logging.getLogger(name)
         lg.setLevel(level)
         if not any(getattr(h, "_concepts_cli", False) for h in lg.handlers):
-            handler = logging.StreamHandler(sys.stderr)
+            handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
             handler._concepts_cli = True  # type: ignore[attr-defined]
             lg.addHandler(handler)
