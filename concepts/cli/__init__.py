@@ -95,7 +95,7 @@ def _root(
 
 def _register() -> None:
     # Imported for their side effect of adding commands to `app`.
-    from concepts.cli import agreement, build, dissect, info, publish, validate  # noqa: F401
+    from concepts.cli import agreement, build, dissect, info, publish, report, validate  # noqa: F401
 
 
 _register()
