@@ -26,10 +26,9 @@ from pycocotools import mask as cocomask
 
 from builders import register
 from builders._raster import Shape, box_points, check_canvas, finite_points, paint_record, shape_mask
-from builders.base import Builder, Detection
-from concepts.archive import export_folder
+from builders._export import ExportBuilder
+from builders.base import Detection
 from concepts.errors import SourceError, SourceItemError
-from concepts.mapping import Inventory, LabelIds, load_mapping
 from concepts.records import Record
 
 log = logging.getLogger(__name__)
@@ -88,19 +87,11 @@ def coco_mask(shape: Shape, height: int, width: int, path: Path) -> np.ndarray:
 
 
 @register
-class CocoBuilder(Builder):
+class CocoBuilder(ExportBuilder):
     """COCO instances JSON (CVAT COCO 1.0 or any COCO-style file)."""
 
     NAME = "coco"
     DESCRIPTION = "COCO instances: annotations/instances_<subset>.json (+ images/<subset>/), folder or .zip"
-
-    def __init__(self, root: str | Path, options: dict | None = None) -> None:
-        super().__init__(root, options)
-        self.folder = export_folder(self.root)
-        self.mapping = load_mapping(self.options.get("concepts"))
-        self.ids = LabelIds()
-        self.inv = Inventory()
-        self._images: list[_Image] | None = None
 
     @classmethod
     def detect(cls, path: Path) -> Detection:
@@ -129,9 +120,8 @@ class CocoBuilder(Builder):
         base = self.folder.parent if self.folder.is_file() else self.folder
         return base.parent if base.name == "annotations" else base
 
-    def _parse(self) -> list[_Image]:
-        if self._images is not None:
-            return self._images
+    def read_export(self) -> list[_Image]:
+        """Every image of every COCO file, in file then list order."""
         images: list[_Image] = []
         for path in self._files():
             images.extend(self._parse_file(path))
@@ -139,7 +129,6 @@ class CocoBuilder(Builder):
         dupes = [k for k, n in keys.items() if n > 1]
         if dupes:
             raise SourceError(f"image {dupes[0]!r} is listed {keys[dupes[0]]} times", path=self._files()[0])
-        self._images = images
         return images
 
     def _parse_file(self, path: Path) -> list[_Image]:
@@ -215,15 +204,6 @@ class CocoBuilder(Builder):
         except (TypeError, ValueError):
             rotation = 0.0
         return ("polygon", box_points(x, y, x + w, y + h, rotation))
-
-    def items(self) -> list[int]:
-        """Indices of the images over every JSON file, in file then list order."""
-        return list(range(len(self._parse())))
-
-    def inventory(self) -> Inventory:
-        """Label and attribute counts (for a starter mapping)."""
-        self._parse()
-        return self.inv
 
     def load(self, item: int) -> Record:
         """Decode one image's annotations into label layers."""

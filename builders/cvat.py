@@ -28,11 +28,10 @@ from defusedxml.common import DefusedXmlException
 
 from builders import register
 from builders._raster import Shape, box_points, check_canvas, finite_points, paint_record
-from builders.base import Builder, Detection
+from builders._export import ExportBuilder
+from builders.base import Detection
 from concepts import progress
-from concepts.archive import export_folder
 from concepts.errors import SourceError, SourceItemError, UnsafeInputError
-from concepts.mapping import Inventory, LabelIds, load_mapping
 from concepts.records import Record
 
 log = logging.getLogger(__name__)
@@ -79,19 +78,11 @@ def _floats(el: Element, *names: str) -> tuple[float, ...]:
 
 
 @register
-class CvatBuilder(Builder):
+class CvatBuilder(ExportBuilder):
     """CVAT for images 1.1 XML, with or without images."""
 
     NAME = "cvat"
     DESCRIPTION = "CVAT for images 1.1 export: annotations.xml (+ images/[<subset>/]<name>), folder or .zip"
-
-    def __init__(self, root: str | Path, options: dict | None = None) -> None:
-        super().__init__(root, options)
-        self.folder = export_folder(self.root)
-        self.mapping = load_mapping(self.options.get("concepts"))
-        self.ids = LabelIds()
-        self.inv = Inventory()
-        self._images: list[_Image] | None = None
 
     @classmethod
     def detect(cls, path: Path) -> Detection:
@@ -122,9 +113,8 @@ class CvatBuilder(Builder):
     def _base(self) -> Path:
         return self.folder.parent if self.folder.is_file() else self.folder
 
-    def _parse(self) -> list[_Image]:
-        if self._images is not None:
-            return self._images
+    def read_export(self) -> list[_Image]:
+        """Every <image> of the XML, in document order."""
         xml = self._xml_path()
         images: list[_Image] = []
         try:
@@ -144,7 +134,6 @@ class CvatBuilder(Builder):
         dupes = [k for k, n in keys.items() if n > 1]
         if dupes:
             raise SourceError(f"image {dupes[0]!r} is listed {keys[dupes[0]]} times", path=xml)
-        self._images = images
         return images
 
     def _concept_ids(self, el: Element, label: str) -> tuple[tuple[str, int], ...]:
@@ -228,15 +217,6 @@ class CvatBuilder(Builder):
             return None
 
     # -- contract ------------------------------------------------------------------------------
-
-    def items(self) -> list[int]:
-        """Indices of the images, in document order."""
-        return list(range(len(self._parse())))
-
-    def inventory(self) -> Inventory:
-        """Label, tag and attribute counts (for a starter mapping)."""
-        self._parse()
-        return self.inv
 
     def _find_image(self, image: _Image) -> Path | None:
         base = self._base()

@@ -29,11 +29,10 @@ from defusedxml.common import DefusedXmlException
 
 from builders import register
 from builders._raster import Shape, check_canvas, finite_points, header_size, paint_record, read_image_array, shape_mask
-from builders.base import Builder, Detection
+from builders._export import ExportBuilder
+from builders.base import Detection
 from concepts import progress
-from concepts.archive import export_folder
 from concepts.errors import SourceError, SourceItemError, UnsafeInputError
-from concepts.mapping import Inventory, LabelIds, load_mapping
 from concepts.records import Record
 
 log = logging.getLogger(__name__)
@@ -64,20 +63,12 @@ def _is_labelme(path: Path) -> bool:
 
 
 @register
-class LabelMeBuilder(Builder):
+class LabelMeBuilder(ExportBuilder):
     """MIT LabelMe XML annotations with polygons and masks."""
 
     NAME = "labelme-xml"
     KEY = "labelme"
     DESCRIPTION = "MIT LabelMe: Annotations/<folder>/*.xml + Images/ + Masks/ (or CVAT LabelMe 3.0 xml beside images)"
-
-    def __init__(self, root: str | Path, options: dict | None = None) -> None:
-        super().__init__(root, options)
-        self.folder = export_folder(self.root)
-        self.mapping = load_mapping(self.options.get("concepts"))
-        self.ids = LabelIds()
-        self.inv = Inventory()
-        self._items: list[_Item] | None = None
 
     @classmethod
     def detect(cls, path: Path) -> Detection:
@@ -96,15 +87,13 @@ class LabelMeBuilder(Builder):
     def _ann_root(self) -> Path:
         return self.folder / "Annotations" if (self.folder / "Annotations").is_dir() else self.folder
 
-    def _parse(self) -> list[_Item]:
-        if self._items is not None:
-            return self._items
+    def read_export(self) -> list[_Item]:
+        """Every annotation file, sorted by path."""
         ann = self._ann_root()
         files = sorted(p for p in (ann.rglob("*.xml") if ann.name == "Annotations" else ann.glob("*.xml")))
         if not files:
             raise SourceError("no LabelMe XML files found", path=ann)
-        self._items = [self._parse_file(p, ann) for p in progress.progress(files, desc="reading LabelMe XML", unit="file")]
-        return self._items
+        return [self._parse_file(p, ann) for p in progress.progress(files, desc="reading LabelMe XML", unit="file")]
 
     def _parse_file(self, path: Path, ann: Path) -> _Item:
         rel = path.relative_to(ann).with_suffix("").as_posix()
@@ -172,15 +161,6 @@ class LabelMeBuilder(Builder):
             item.shapes.append(Shape("labelme_mask", str(mask), tuple(concepts)))
         else:
             item.skipped["no polygon or mask"] += 1
-
-    def items(self) -> list[int]:
-        """Indices of the annotation files, sorted by path."""
-        return list(range(len(self._parse())))
-
-    def inventory(self) -> Inventory:
-        """Label, part and attribute counts (for a starter mapping)."""
-        self._parse()
-        return self.inv
 
     @staticmethod
     def _mask(shape: Shape, height: int, width: int, path: Path) -> np.ndarray:

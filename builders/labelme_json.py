@@ -24,10 +24,10 @@ from PIL import Image, ImageOps
 
 from builders import register
 from builders._raster import MAX_PIXELS, Shape, box_points, check_canvas, finite_points, paint_record, shape_mask
-from builders.base import Builder, Detection
+from builders._export import ExportBuilder
+from builders.base import Detection
 from concepts import progress
 from concepts.errors import SourceItemError
-from concepts.mapping import Inventory, LabelIds, load_mapping
 from concepts.records import Record
 
 log = logging.getLogger(__name__)
@@ -67,19 +67,12 @@ def _decode_png(data: str, path: Path) -> np.ndarray:
 
 
 @register
-class LabelmeJsonBuilder(Builder):
+class LabelmeJsonBuilder(ExportBuilder):
     """labelme (wkentaro) JSON annotations."""
 
     NAME = "labelme-json"
     KEY = "labelme_json"
     DESCRIPTION = "labelme JSON: <stem>.json per image with shapes and imagePath/imageData"
-
-    def __init__(self, root: str | Path, options: dict | None = None) -> None:
-        super().__init__(root, options)
-        self.mapping = load_mapping(self.options.get("concepts"))
-        self.ids = LabelIds()
-        self.inv = Inventory()
-        self._items: list[_Item] | None = None
 
     @classmethod
     def detect(cls, path: Path) -> Detection:
@@ -89,14 +82,12 @@ class LabelmeJsonBuilder(Builder):
             return Detection.match(0.8)
         return Detection.missing("labelme *.json files (keys shapes, imagePath)")
 
-    def _parse(self) -> list[_Item]:
-        if self._items is not None:
-            return self._items
+    def read_export(self) -> list[_Item]:
+        """Every labelme JSON file, sorted by path."""
         files = sorted(self.root.rglob("*.json")) if self.root.is_dir() else [self.root]
         base = self.root if self.root.is_dir() else self.root.parent
-        self._items = [self._parse_file(p, base) for p in progress.progress(files, desc="reading labelme JSON", unit="file")
-                       if _looks_like_labelme(p)]
-        return self._items
+        return [self._parse_file(p, base) for p in progress.progress(files, desc="reading labelme JSON", unit="file")
+                if _looks_like_labelme(p)]
 
     def _parse_file(self, path: Path, base: Path) -> _Item:
         key = path.relative_to(base).with_suffix("").as_posix()
@@ -160,15 +151,6 @@ class LabelmeJsonBuilder(Builder):
             item.skipped["degenerate shape"] += 1
             return
         item.shapes.append(geometry)
-
-    def items(self) -> list[int]:
-        """Indices of the JSON files, sorted by path."""
-        return list(range(len(self._parse())))
-
-    def inventory(self) -> Inventory:
-        """Label and flag counts (for a starter mapping)."""
-        self._parse()
-        return self.inv
 
     @staticmethod
     def _mask(shape: Shape, height: int, width: int, path: Path) -> np.ndarray:
