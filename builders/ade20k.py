@@ -30,9 +30,11 @@ import numpy as np
 import scipy.io
 
 from builders import register
-from builders._raster import ade_class_map, candidate_dirs, present_ids, read_rgb_channels
+from builders._bands import ade_classes, read_bands, red_not_tens
+from builders._raster import candidate_dirs
 from builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError
+from concepts.labelcount import present_ids
 from concepts.records import Record, names_tuple
 from concepts.vocabulary import scene_name
 
@@ -98,15 +100,18 @@ class _AdeRelease(Builder):
         if not image.is_file():
             raise SourceItemError("image is missing", path=image, reason="missing image")
         seg_path = image.with_name(f"{image.stem}_seg.png")
-        layers = [("object", seg_path, read_rgb_channels(seg_path, what="segmentation"))]
+        layers = [("object", seg_path, read_bands(seg_path, (0, 1), what="segmentation"))]
         level = 1
         while (part_path := image.with_name(f"{image.stem}_parts_{level}.png")).is_file():
-            layers.append(("part", part_path, read_rgb_channels(part_path, what="part level")))
+            layers.append(("part", part_path, read_bands(part_path, (0, 1), what="part level")))
             level += 1
         per_image = self._class_names(image)
         record = Record(key=image.stem, image=image)
-        for category, path, rgb in layers:
-            layer = ade_class_map(rgb, path)
+        for category, path, (red, green) in layers:
+            if red_not_tens(red):
+                # MATLAB's converter rounds R/10; real files hold multiples of 10, so floor is equal there.
+                log.warning("%s: red values that are not multiples of 10; class ids use R // 10", path)
+            layer = ade_classes(red, green)
             ids = present_ids(layer)
             if not ids:
                 continue  # an empty level adds nothing but a blank layer

@@ -20,9 +20,10 @@ import logging
 from pathlib import Path
 
 from builders import register
-from builders._raster import candidate_dirs, present_ids, read_id_channel
+from builders._raster import candidate_dirs, read_id_channel
 from builders.base import Builder
 from concepts.errors import SourceError, SourceItemError
+from concepts.labelcount import present_ids
 from concepts.records import Record, names_tuple
 from concepts.vocabulary import scene_name
 

@@ -24,12 +24,15 @@ import csv
 import logging
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from builders import register
-from builders._raster import candidate_dirs, image_size, present_ids, read_rgb_channels
+from builders._bands import read_bands
+from builders._raster import candidate_dirs, image_size
 from builders.base import Builder
 from concepts.errors import SourceError, SourceItemError, UsageError
+from concepts.labelcount import present_ids
 from concepts.records import Record
 from concepts.vocabulary import scene_name
 
@@ -137,12 +140,13 @@ class OpenSurfacesBuilder(Builder):
         record = Record(key=item, image=photo)
         if self._wants("material") or self._wants("object"):
             label_path = self.base / "photos-labels" / f"{item}.png"
-            rgb = read_rgb_channels(label_path, what="label image")
-            record.image = self._oriented(photo, rgb.shape[1], rgb.shape[0])
-            for category, channel, table in (("material", 0, self.materials), ("object", 1, self.objects)):
+            red, green = read_bands(label_path, (0, 1), what="label image")
+            record.image = self._oriented(photo, red.width, red.height)
+            for category, band, table in (("material", red, self.materials), ("object", green, self.objects)):
                 if not self._wants(category):
                     continue
-                layer = rgb[..., channel].astype("int32")
+                # uint8, as stored: ids are at most 255, and 8-bit layers are the cheapest to count.
+                layer = np.asarray(band)
                 ids = present_ids(layer)
                 for ident in ids:
                     if ident not in table:

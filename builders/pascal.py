@@ -30,9 +30,9 @@ import numpy as np
 import scipy.io
 
 from builders import register
-from builders._raster import present_ids
 from builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError, UsageError
+from concepts.labelcount import intp_scratch, present_ids
 from concepts.records import Record
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,7 @@ class PascalBuilder(Builder):
         if classes not in (59, 459):
             raise UsageError(f"--pascal-context-classes {classes}: expected 59 or 459")
         self.context_lut: np.ndarray | None = None
+        self.context_take: np.ndarray | None = None
         self.context_names: dict[int, tuple[str, ...]] = {}
         if self.context_dir:
             self._context_table(read_context_labels(found["labels"]), classes, found["labels"])
@@ -303,6 +304,9 @@ class PascalBuilder(Builder):
                     lut[index] = code
                 self.context_names[code] = (name,)
         self.context_lut = lut
+        # Source ids are labels.txt indices (at most 459): uint16 halves the memory traffic of
+        # every later pass. Indices absent from labels.txt (-1) wrap to 0xFFFF, above any id.
+        self.context_take = lut.astype(np.uint16) if len(lut) < 0xFFFF else lut
 
     def items(self) -> list[str]:
         """VOC ids with a Context or a Part annotation, sorted."""
@@ -320,15 +324,17 @@ class PascalBuilder(Builder):
         record = Record(key=item, image=image)
         if self.context_dir and (path := self.context_dir / f"{item}.mat").is_file():
             objects = self._load_context(path)
-            for ident in present_ids(objects):
+            ids = present_ids(objects)
+            for ident in ids:
                 record.names[("object", ident)] = self.context_names[ident]
-            if objects.any():
+            if ids:
                 record.pixel["object"] = [objects]
         if self.parts_dir and (path := self.parts_dir / f"{item}.mat").is_file():
             layer, skipped = self._load_parts(path)
             record.skipped.update(skipped)
-            if layer is not None and layer.any():
-                for ident in present_ids(layer):
+            ids = present_ids(layer) if layer is not None else []
+            if ids:
+                for ident in ids:
                     record.names[("part", ident)] = self.parts.names[ident]
                 record.pixel["part"] = [layer]
         return record
@@ -340,8 +346,8 @@ class PascalBuilder(Builder):
         lut = self.context_lut
         mapped = None
         if label_map.min(initial=0) >= 0 and int(label_map.max(initial=0)) < len(lut):
-            mapped = lut[label_map]
-        if mapped is None or mapped.min(initial=0) < 0:
+            mapped = self.context_take.take(intp_scratch(label_map))
+        if mapped is None or (mapped.min(initial=0) < 0 if mapped.dtype.kind == "i" else int(mapped.max(initial=0)) == 0xFFFF):
             bad = sorted({int(v) for v in np.unique(label_map) if v < 0 or v >= len(lut) or lut[v] < 0})
             raise SourceItemError(f"LabelMap value(s) {bad[:5]} are not in labels.txt", path=path, reason="unknown label id")
         return mapped
@@ -356,10 +362,11 @@ class PascalBuilder(Builder):
             cls = self._class_index(obj, path)
             mask = np.asarray(obj["mask"]).astype(bool)
             if layer is None:
-                layer = np.zeros(mask.shape, dtype=np.int32)
+                # Part ids number the (class, part name) pairs of part2ind.m: a few hundred.
+                layer = np.zeros(mask.shape, dtype=np.uint16)
             if mask.shape != layer.shape:
                 raise SourceItemError(f"object masks differ in size ({mask.shape} vs {layer.shape})", path=path, reason="bad annotation")
-            layer[mask] = 0  # a later object occludes what earlier ones painted
+            np.copyto(layer, 0, where=mask)  # a later object occludes what earlier ones painted
             for part in _records(obj["parts"]) if "parts" in obj.dtype.names else []:
                 name = _text(part["part_name"])
                 code = self.parts.codes.get((cls, name))
@@ -372,7 +379,7 @@ class PascalBuilder(Builder):
                     log.warning("%s: %s %r of class %d; left unlabeled", path, why, name, cls)
                     skipped[why] += 1
                     continue
-                layer[pmask] = code
+                np.copyto(layer, code, where=pmask)
         return layer, skipped
 
     def _class_index(self, obj: np.void, path: Path) -> int:

@@ -269,3 +269,97 @@ def test_existing_output_is_refused_without_overwrite(source_a: Path, tmp_path: 
 )
 def test_output_stem_is_ascii_and_path_derived(key: str, stem: str) -> None:
     assert output_stem(key) == stem
+
+
+# -- speed paths: each must give exactly what the plain computation gives -------------------------
+
+
+def test_color_ids_from_image_and_array_match_the_table() -> None:
+    from concepts.colors import color_ids, color_table
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    # Every quantised colour once, at both ends of its 8-value bin.
+    q = np.stack(np.meshgrid(*[np.arange(32, dtype=np.uint8)] * 3, indexing="ij"), -1).reshape(256, 128, 3) * 8
+    for rgb in (pixels, q, q + 7):
+        expected = color_table()[(rgb[..., 0] >> 3).astype(int) * 1024 + (rgb[..., 1] >> 3).astype(int) * 32 + (rgb[..., 2] >> 3)]
+        assert np.array_equal(color_ids(rgb), expected)
+        assert np.array_equal(color_ids(Image.fromarray(rgb)), expected)
+    with pytest.raises(ValueError, match="H x W x 3"):
+        color_ids(np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_label_counts_match_unique(dtype) -> None:
+    from concepts.labelcount import label_counts, present_ids
+
+    rng = np.random.default_rng(4)
+    top = 255 if dtype == np.uint8 else 3000
+    layer = rng.integers(0, top + 1, (61, 47)).astype(dtype)
+    layer[:5] = 0
+    ids, counts = np.unique(layer, return_counts=True)
+    got_ids, got_counts = label_counts(layer)
+    assert got_ids.tolist() == ids[ids > 0].tolist() and got_counts.tolist() == counts[ids > 0].tolist()
+    assert present_ids(layer) == ids[ids > 0].tolist()
+    huge = np.array([[0, 5_000_000, 5_000_000, 7]], dtype=np.int64)  # beyond bincount's range
+    assert [x.tolist() for x in label_counts(huge)] == [[7, 5_000_000], [1, 2]]
+
+
+def test_label_counts_are_remembered_per_layer_object_and_bounded() -> None:
+    from concepts import labelcount
+
+    labelcount.forget()
+    layer = np.array([[1, 1, 2]], np.uint16)
+    assert labelcount.present_ids(layer) == [1, 2]
+    copy = layer.copy()
+    copy[0, 0] = 3  # a different array is counted afresh, never taken for the remembered one
+    assert labelcount.present_ids(copy) == [1, 2, 3]
+    for _ in range(3 * labelcount.REMEMBERED):
+        labelcount.present_ids(np.ones((2, 2), np.uint8))
+    assert len(labelcount._MEMO) <= labelcount.REMEMBERED
+    labelcount.forget()
+    assert not labelcount._MEMO
+
+
+def test_read_bands_match_rgb_channels_and_report_the_same_errors(tmp_path: Path) -> None:
+    from builders._bands import ade_classes, read_bands, red_not_tens
+    from builders._raster import ade_class_map, read_rgb_channels
+
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    rgb[..., 0] = (rgb[..., 0] % 26) * 10
+    for mode, pixels in (("RGB", rgb), ("RGBA", np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]))):
+        path = tmp_path / f"{mode}.png"
+        Image.fromarray(pixels, mode).save(path)
+        red, green = read_bands(path, (0, 1))
+        assert np.array_equal(np.asarray(red), rgb[..., 0]) and np.array_equal(np.asarray(green), rgb[..., 1])
+        assert np.array_equal(ade_classes(red, green), ade_class_map(read_rgb_channels(path), path))
+        assert not red_not_tens(red)
+    rgb[0, 0, 0] = 13
+    Image.fromarray(rgb).save(tmp_path / "odd.png")
+    red, green = read_bands(tmp_path / "odd.png", (0, 1))
+    assert red_not_tens(red) and ade_classes(red, green)[0, 0] == 256 + int(rgb[0, 0, 1])
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    for name in ("grey.png", "broken.png", "missing.png"):
+        with pytest.raises(SourceItemError) as expected:
+            read_rgb_channels(tmp_path / name, what="part level")
+        with pytest.raises(SourceItemError) as got:
+            read_bands(tmp_path / name, (0, 1), what="part level")
+        assert (got.value.message, got.value.reason) == (expected.value.message, expected.value.reason)
+
+
+def test_one_worker_process_gives_the_in_process_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Builds of many items run their one worker in a process (with a tuned allocator); small
+    # ones run in the caller. Both paths, and the staged-layer spool, must give the same bytes.
+    from concepts import unify
+
+    source = _Layered(tmp_path, {"n": 6})
+    here = build([source], tmp_path / "here" / "out", size=(16, 16))
+    monkeypatch.setattr(unify, "POOL_MIN_ITEMS", 2)
+    pooled = build([_Layered(tmp_path, {"n": 6})], tmp_path / "pool" / "out", size=(16, 16))
+    files = sorted(p.relative_to(here).as_posix() for p in here.rglob("*") if p.is_file())
+    assert len(files) > 6 and files == sorted(p.relative_to(pooled).as_posix() for p in pooled.rglob("*") if p.is_file())
+    _, mismatch, errors = filecmp.cmpfiles(here, pooled, files, shallow=False)
+    assert mismatch == [] and errors == []
+    assert not list(tmp_path.glob("**/stage-*.bin"))  # the spool went with the scratch folder

@@ -96,7 +96,7 @@ def write_readme(root: Path, name: str, sources: Mapping[str, int], settings: Ma
         "size (sh, sw) and, per category, either label PNGs (relative to images/) or label numbers.",
         "Label PNGs encode the label number as R + 256 * G. label.csv names every number;",
         "category.csv and c_<category>.csv give per-category ranges and dense codes.",
-                "",
+        "",
     ]
     (root / fmt.README_FILE).write_text("\n".join(lines), encoding="utf-8")
 
