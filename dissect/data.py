@@ -6,7 +6,7 @@ a Hugging Face dataset) can stand in for :class:`concepts.broden.reader.ConceptD
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from concepts.errors import DatasetFormatError, UsageError
+from concepts.errors import ConceptsError, DatasetFormatError, UsageError
 
 
 class ConceptSource(Protocol):
@@ -36,22 +36,42 @@ class Item:
 
     index: int
     image: torch.Tensor | None
-    layers: torch.Tensor | None  # L x sh x sw int64 (L may be 0)
+    layers: torch.Tensor | None  # L x sh x sw int32 (L may be 0)
     scalars: list[int]
     sh: int
     sw: int
+    error: ConceptsError | None = None  # raised in the main process, so it reaches the user as one line
+
+    def pin_memory(self) -> Item:
+        """Pin the tensors (DataLoader's ``pin_memory`` calls this on CUDA runs)."""
+        if self.image is not None:
+            self.image = self.image.pin_memory()
+        if self.layers is not None:
+            self.layers = self.layers.pin_memory()
+        return self
 
 
 class _Images(Dataset):
-    def __init__(self, ds: ConceptSource, samples: Sequence[Any], categories: Sequence[str], mean_std, images: bool, labels: bool) -> None:
+    def __init__(self, ds: ConceptSource, samples: Sequence[Any], categories: Sequence[str], mean_std, images: bool, labels: bool, start: int) -> None:
         self.ds, self.samples, self.categories = ds, list(samples), list(categories)
-        self.mean_std, self.images, self.labels = mean_std, images, labels
+        self.mean_std, self.images, self.labels, self.start = mean_std, images, labels, start
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) - self.start
 
-    def __getitem__(self, i: int) -> Item:
+    def __getitem__(self, j: int) -> Item:
+        i = self.start + j
         sample = self.samples[i]
+        # Errors travel inside the item: raised in a worker, they would reach the user wrapped in
+        # the worker's traceback text instead of as one line.
+        try:
+            return self._load(i, sample)
+        except ConceptsError as e:
+            return Item(i, None, None, [], 0, 0, error=e)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL reports truncated files as SyntaxError or OSError
+            return Item(i, None, None, [], 0, 0, error=DatasetFormatError(f"cannot read: {e}", item=str(getattr(sample, "image", i))))
+
+    def _load(self, i: int, sample: Any) -> Item:
         image = layers = None
         scalars: list[int] = []
         if self.images:
@@ -73,7 +93,7 @@ class _Images(Dataset):
             top = max([int(arr.max()) if arr.size else 0] + scalars)
             if top >= self.ds.num_labels or (arr.size and arr.min() < 0):
                 raise DatasetFormatError(f"label number {top} is not in label.csv", item=str(getattr(sample, "image", i)))
-            layers = torch.from_numpy(arr.astype(np.int64))
+            layers = torch.from_numpy(np.ascontiguousarray(arr, np.int32))  # widened on the device, where it is used
         return Item(i, image, layers, scalars, sample.sh, sample.sw)
 
 
@@ -81,22 +101,50 @@ def _collate(items: list[Item]) -> list[Item]:
     return items
 
 
+class CheckedLoader:
+    """Iterates a DataLoader's batches, raising the first error an item carries."""
+
+    def __init__(self, inner: DataLoader) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        for items in self.inner:
+            for it in items:
+                if it.error is not None:
+                    raise it.error
+            yield items
+
+
 def stack_images(items: Sequence[Item]) -> torch.Tensor:
     """Stack a batch's images, refusing mixed sizes (features must share one shape)."""
     shapes = {tuple(it.image.shape) for it in items}
     if len(shapes) > 1:
         raise UsageError(f"images of different sizes in one dataset ({', '.join(map(str, sorted(shapes)))}); dissection needs one image size")
-    return torch.stack([it.image for it in items])
+    images = [it.image for it in items]
+    if all(im.is_pinned() for im in images):
+        # Stacking into pinned memory keeps the copy to the device asynchronous.
+        out = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype, pin_memory=True)
+        return torch.stack(images, out=out)
+    return torch.stack(images)
 
 
-def loader(ds: ConceptSource, samples: Sequence[Any], categories: Sequence[str], *, mean_std=None, images: bool, labels: bool, batch_size: int, workers: int) -> DataLoader:
-    """A DataLoader over ``samples`` in order, decoding in ``workers`` processes."""
-    return DataLoader(
-        _Images(ds, samples, categories, mean_std, images, labels),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
+def loader(ds: ConceptSource, samples: Sequence[Any], categories: Sequence[str], *, mean_std=None, images: bool, labels: bool, batch_size: int, workers: int, start: int = 0, pin: bool = False) -> CheckedLoader:
+    """Batches of ``samples[start:]`` in order (``Item.index`` is the position in ``samples``), decoded in ``workers`` processes.
+
+    ``pin`` pins the tensors for faster, asynchronous copies to a CUDA device.
+    """
+    return CheckedLoader(
+        DataLoader(
+            _Images(ds, samples, categories, mean_std, images, labels, start),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+            pin_memory=pin,
+        )
     )

@@ -1,9 +1,14 @@
-"""One forward pass per image; per-layer features cached in disk memmaps, or recomputed."""
+"""One forward pass per image; per-layer features cached in disk memmaps, or recomputed.
+
+The cache (one ``.npy`` per layer) lives in the run's work folder. Its rows are filled in dataset order and
+:attr:`FeatureStore.rows` says how many are complete, so an interrupted forward pass resumes
+after the last complete batch.
+"""
 
 from __future__ import annotations
 
 import logging
-import shutil
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,51 @@ from dissect.hooks import capture
 log = logging.getLogger(__name__)
 
 Batch = tuple[list[Item] | None, dict[str, torch.Tensor]]
+
+
+class _Rows:
+    """A ``.npy`` file of ``n x shape`` rows, written and read by explicit file I/O.
+
+    Not a memmap: mapped pages count towards the process's resident memory, which would then
+    grow with the dataset, while pages written and read this way stay in the page cache.
+    """
+
+    def __init__(self, path: Path, n: int, shape: tuple[int, ...], dtype: np.dtype, create: bool) -> None:
+        self.path, self.n, self.shape, self.dtype = path, n, tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        if create:
+            with path.open("wb") as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (n, *self.shape)})
+                f.truncate(f.tell() + n * self.row_bytes)
+        with path.open("rb") as f:
+            if np.lib.format.read_magic(f) != (1, 0):
+                raise ValueError(f"{path} is not a .npy file this cache wrote")
+            got_shape, _, got_dtype = np.lib.format.read_array_header_1_0(f)
+            self.offset = f.tell()
+        if tuple(got_shape) != (n, *self.shape) or got_dtype != self.dtype:
+            raise ValueError(f"{path} holds {got_shape} {got_dtype}")
+        self.file = path.open("r+b")
+
+    def write(self, i0: int, rows: np.ndarray) -> None:
+        """Store rows ``i0 ..`` (C-contiguous, of this file's dtype)."""
+        os.pwrite(self.file.fileno(), np.ascontiguousarray(rows, self.dtype).tobytes(), self.offset + i0 * self.row_bytes)
+
+    def read(self, i0: int, i1: int) -> np.ndarray:
+        """Rows ``i0 .. i1 - 1`` as float32."""
+        out = np.empty((i1 - i0, *self.shape), self.dtype)
+        got = os.preadv(self.file.fileno(), [memoryview(out).cast("B")], self.offset + i0 * self.row_bytes)
+        if got != out.nbytes:
+            raise OSError(f"{self.path}: feature cache is shorter than expected")
+        return out.astype(np.float32, copy=False)
+
+    def flush(self) -> None:
+        """Make the written rows durable before a checkpoint says they are complete."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        """Close the file."""
+        self.file.close()
 
 
 class FeatureStore:
@@ -42,35 +92,78 @@ class FeatureStore:
     ) -> None:
         self.model, self.layers, self.ds, self.samples = model.to(device), list(layers), ds, list(samples)
         self.categories, self.mean_std = list(categories), mean_std
-        self.batch_size, self.workers, self.device = batch_size, workers, device
+        self.batch_size, self.workers, self.device = batch_size, workers, torch.device(device)
         self.cache_dir, self.budget, self.dtype = Path(cache_dir), budget_bytes, np.dtype(dtype)
-        self.maps: dict[str, np.memmap] | None = None
+        self.maps: dict[str, _Rows] | None = None
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.rows = 0  # complete rows of the cache
 
-    def _loader(self, images: bool, labels: bool):
-        return loader(self.ds, self.samples, self.categories, mean_std=self.mean_std, images=images, labels=labels, batch_size=self.batch_size, workers=self.workers)
+    def _loader(self, images: bool, labels: bool, start: int = 0):
+        return loader(
+            self.ds, self.samples, self.categories, mean_std=self.mean_std, images=images, labels=labels,
+            batch_size=self.batch_size, workers=self.workers, start=start, pin=self.device.type == "cuda",
+        )
 
     def _forward(self, grab, items: list[Item]) -> dict[str, torch.Tensor]:
         return grab(stack_images(items).to(self.device, non_blocking=True))
 
-    def forward_pass(self, on_batch: Callable[[list[Item], dict[str, torch.Tensor]], None]) -> None:
-        """Run the model over every image once, caching features if they fit the budget."""
+    def _from_cache(self, i0: int, i1: int) -> dict[str, torch.Tensor]:
+        assert self.maps is not None
+        return {k: torch.from_numpy(m.read(i0, i1)).to(self.device, non_blocking=True) for k, m in self.maps.items()}
+
+    def resume(self, shapes: dict[str, Sequence[int]], rows: int) -> None:
+        """Reopen the cache a previous, interrupted run left with ``rows`` complete rows."""
+        paths = self._paths(shapes)
+        if rows <= 0 or not all(p.is_file() for p in paths.values()):
+            return
+        try:
+            maps = {k: _Rows(p, len(self.samples), tuple(shapes[k]), self.dtype, create=False) for k, p in paths.items()}
+        except (OSError, ValueError):
+            return
         n = len(self.samples)
+        self.shapes = {k: tuple(v) for k, v in shapes.items()}
+        self.maps, self.rows = maps, min(rows, n)
+
+    def forward_pass(self, on_batch: Callable[[list[Item] | None, int, dict[str, torch.Tensor]], None], checkpoint: Callable[[], None] | None = None) -> None:
+        """Run the model over every image once, caching features if they fit the budget.
+
+        ``on_batch(items, first_index, features)`` sees every batch in order; rows already in the
+        cache of a resumed run are replayed from it (with ``items`` None). ``checkpoint`` is
+        called after each batch whose features are safely in the cache.
+        """
+        n, bs = len(self.samples), self.batch_size
+        if self.maps is not None and self.rows:
+            for i0 in progress(range(0, self.rows, bs), desc="cached features", total=-(-self.rows // bs), unit="batch"):
+                on_batch(None, i0, self._from_cache(i0, min(i0 + bs, self.rows)))
+        start = self.rows if self.maps is not None else 0
+        if start >= n:
+            return
         with capture(self.model, self.layers) as grab:
-            for items in progress(self._loader(True, False), desc="features", total=-(-n // self.batch_size), unit="batch"):
+            for items in progress(self._loader(True, False, start), desc="features", total=-(-(n - start) // bs), unit="batch"):
                 feats = self._forward(grab, items)
                 if not self.shapes:
                     self._open(feats, n)
                 for name, f in feats.items():
                     if tuple(f.shape[1:]) != self.shapes[name]:
                         raise RuntimeError(f"layer {name} changed shape between images")
-                    if self.maps is not None:
-                        i0 = items[0].index
-                        self.maps[name][i0 : i0 + len(items)] = f.to("cpu", torch.float32).numpy().astype(self.dtype, copy=False)
-                on_batch(items, feats)
+                i0 = items[0].index
+                if self.maps is not None:
+                    for name, f in feats.items():
+                        self.maps[name].write(i0, f.to("cpu", torch.float32).numpy())
+                    self.rows = i0 + len(items)
+                on_batch(items, i0, feats)
+                if checkpoint is not None and self.maps is not None:
+                    checkpoint()
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the cached rows to disk (before recording how many are complete)."""
         if self.maps is not None:
             for m in self.maps.values():
                 m.flush()
+
+    def _paths(self, shapes: dict[str, Any]) -> dict[str, Path]:
+        return {name: self.cache_dir / f"features_{i}.npy" for i, name in enumerate(shapes)}
 
     def _open(self, feats: dict[str, torch.Tensor], n: int) -> None:
         self.shapes = {k: tuple(v.shape[1:]) for k, v in feats.items()}
@@ -80,28 +173,28 @@ class FeatureStore:
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.maps = {}
-        for i, (name, shape) in enumerate(self.shapes.items()):
-            path = self.cache_dir / f"features_{i}.{self.dtype.name}"
-            self.maps[name] = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=(n, *shape))
+        for name, path in self._paths(self.shapes).items():
+            self.maps[name] = _Rows(path, n, self.shapes[name], self.dtype, create=True)
 
-    def batches(self, *, labels: bool, desc: str) -> Iterator[Batch]:
-        """Yield ``(items or None, features by layer)`` over the dataset in order."""
+    def batches(self, *, labels: bool, desc: str, start: int = 0) -> Iterator[Batch]:
+        """Yield ``(items or None, features by layer)`` over ``samples[start:]`` in order."""
         n, bs = len(self.samples), self.batch_size
-        total = -(-n // bs)
+        total = -(-(n - start) // bs)
         if self.maps is not None:
             if not labels:
-                for i0 in progress(range(0, n, bs), desc=desc, total=total, unit="batch"):
-                    yield None, {k: torch.from_numpy(np.asarray(m[i0 : i0 + bs], np.float32)).to(self.device) for k, m in self.maps.items()}
+                for i0 in progress(range(start, n, bs), desc=desc, total=total, unit="batch"):
+                    yield None, self._from_cache(i0, min(i0 + bs, n))
                 return
-            for items in progress(self._loader(False, True), desc=desc, total=total, unit="batch"):
+            for items in progress(self._loader(False, True, start), desc=desc, total=total, unit="batch"):
                 i0 = items[0].index
-                yield items, {k: torch.from_numpy(np.asarray(m[i0 : i0 + len(items)], np.float32)).to(self.device) for k, m in self.maps.items()}
+                yield items, self._from_cache(i0, i0 + len(items))
             return
         with capture(self.model, self.layers) as grab:
-            for items in progress(self._loader(True, labels), desc=desc, total=total, unit="batch"):
+            for items in progress(self._loader(True, labels, start), desc=desc, total=total, unit="batch"):
                 yield (items if labels else None), self._forward(grab, items)
 
     def close(self) -> None:
-        """Drop the memmaps and their files."""
+        """Close the cache files (they go with the run's work folder)."""
+        for m in (self.maps or {}).values():
+            m.close()
         self.maps = None
-        shutil.rmtree(self.cache_dir, ignore_errors=True)

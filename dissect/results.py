@@ -71,7 +71,9 @@ def tally_rows(arrays: dict[str, np.ndarray], primary: np.ndarray, categories: S
             lab = int(label[c, k])
             row[f"{cat}-label"] = label_names[lab]
             row[f"{cat}-truth"] = int(arrays["truth"][lab])
-            row[f"{cat}-activation"] = int(arrays["activation"][k, lab])
+            # No label of the category overlaps the unit: the argmax is label 0, to which the
+            # reference gives the last category as primary; its CSV shows that category's count.
+            row[f"{cat}-activation"] = int(arrays["activation"][k, lab] if lab else arrays["activation_category"][k, -1])
             row[f"{cat}-intersect"] = int(arrays["intersection"][k, lab])
             row[f"{cat}-iou"] = float(score[c, k])
         rows.append(row)

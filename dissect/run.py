@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import os
 import platform
+import shutil
 import time
+import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from concepts.broden.reader import open_dataset
+from concepts.broden.reader import ConceptDataset
+from concepts.hub import HF_PREFIX, HubDataset, is_hf_folder, open_any
 from concepts.errors import ConceptsError, DatasetFormatError, UsageError
 from dissect.features import FeatureStore
 from dissect.hooks import check_layers
 from dissect.models import file_hash, load_model, parse_normalize
-from dissect.results import layer_files, write_json, write_layer
+from dissect.results import atomic_write, layer_files, write_json, write_layer
 from dissect.tally import UNIONS, Tally
 from dissect.thresholds import ExactQuantile
 
@@ -30,7 +36,7 @@ log = logging.getLogger(__name__)
 class DissectConfig:
     """Everything a dissection run depends on (the CLI's options)."""
 
-    dataset: Path
+    dataset: str | Path  # a Broden folder, a published folder or hf://OWNER/NAME
     layers: list[str]
     out: Path
     model: str | None = None
@@ -51,6 +57,7 @@ class DissectConfig:
     top_k: int = 10
     cache_budget_gb: float = 8.0
     force: bool = False
+    checkpoint_s: float = 60.0  # how often an unfinished run saves what it has done
 
 
 def _check(cfg: DissectConfig) -> None:
@@ -67,6 +74,34 @@ def _check(cfg: DissectConfig) -> None:
     unknown = [k for k in cfg.thresholds if k and k not in cfg.layers]
     if unknown:
         raise UsageError(f"--thresholds for {', '.join(unknown)}, which is not a --layer")
+    for path in cfg.thresholds.values():
+        if not Path(path).is_file():
+            raise UsageError("--thresholds file not found", path=path)
+
+
+def _open(spec: str | Path) -> Any:
+    """Open the dataset; a local folder that is not a published one is read as Broden, so its errors name the file."""
+    if isinstance(spec, str) and spec.startswith(HF_PREFIX):
+        return open_any(spec)
+    path = Path(spec)
+    if path.is_dir() and not is_hf_folder(path):
+        return ConceptDataset(path)
+    return open_any(path)
+
+
+def _preflight(ds: Any, samples: list[Any], categories: list[str]) -> None:
+    """Fail before the long passes on what index.csv alone shows: missing files, mixed image sizes."""
+    sizes = {(s.ih, s.iw) for s in samples}
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:4])
+        raise DatasetFormatError(f"images of different sizes ({shown}); dissection needs one image size", path=Path(ds.root) / "index.csv")
+    if isinstance(ds, HubDataset):
+        return  # its files are Parquet rows, checked when the dataset was opened
+    images = Path(ds.root) / "images"
+    for s in samples:
+        for rel in [s.image] + [p for c in categories for p in s.pixel_paths(c)]:
+            if not os.path.isfile(images / rel):
+                raise DatasetFormatError(f"images/{rel} is missing", path=Path(ds.root) / "index.csv", row=s.index + 2)
 
 
 def _load_thresholds(path: Path, units: int, layer: str) -> np.ndarray:
@@ -129,7 +164,7 @@ def dissect(cfg: DissectConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     try:
-        ds = open_dataset(cfg.dataset)
+        ds = _open(cfg.dataset)
     except OSError as e:
         raise DatasetFormatError(f"cannot read dataset: {e.strerror or e}", path=cfg.dataset) from None
     categories = list(cfg.categories) if cfg.categories else list(ds.category_names)
@@ -139,6 +174,7 @@ def dissect(cfg: DissectConfig) -> dict[str, Any]:
     samples = ds.select(cfg.split, cfg.limit)
     if not samples:
         raise UsageError(f"no images in split {cfg.split!r}" if cfg.split else "the dataset has no images", item=str(cfg.dataset))
+    _preflight(ds, samples, categories)
     mean_std = parse_normalize(cfg.normalize)
     loaded = load_model(cfg.model, cfg.weights, pretrained=cfg.pretrained, trust_pickle=cfg.trust_pickle)
     check_layers(loaded.module, cfg.layers)
@@ -146,7 +182,10 @@ def dissect(cfg: DissectConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run_path = out / "run.json"
-    previous = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    try:
+        previous = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    except ValueError:
+        previous = {}  # an unreadable record: recompute everything
     layers = list(dict.fromkeys(cfg.layers))
     params = {layer: _params(cfg, layer, loaded.weights_hash, fingerprint, categories) for layer in layers}
     todo = []
@@ -158,7 +197,10 @@ def dissect(cfg: DissectConfig) -> dict[str, Any]:
         else:
             log.info("%s: finished results with identical arguments found, not recomputed", layer)
     summary_path = out / "summary.json"
-    summaries = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    try:
+        summaries = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except ValueError:
+        summaries = {}
     record = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()} | {"thresholds": {k: str(v) for k, v in cfg.thresholds.items()}},
         "versions": _versions(),
@@ -168,7 +210,8 @@ def dissect(cfg: DissectConfig) -> dict[str, Any]:
         "recomputed": todo,
     }
     if todo:
-        timings = _compute(cfg, ds, samples, categories, loaded.module, todo, mean_std, out, summaries)
+        key = _key({k: params[k] for k in todo})
+        timings, record["resumed"] = _compute(cfg, ds, samples, categories, loaded.module, todo, mean_std, out, summaries, key)
         for layer in todo:
             record["layers"][layer] = {"key": _key(params[layer]), "params": params[layer], "files": layer_files(layer)}
         write_json(summary_path, summaries)
@@ -179,17 +222,167 @@ def dissect(cfg: DissectConfig) -> dict[str, Any]:
     return record
 
 
-def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, out: Path, summaries: dict[str, Any]) -> dict[str, float]:
-    """The three steps for ``layers`` in shared passes over the data."""
+class _Work:
+    """The folder where an unfinished run keeps what it has done so far (``OUT/.partial``).
+
+    ``state.json`` names the arguments (``key``) and the finished steps: how many rows of the
+    feature cache are complete, whether the thresholds are known, how many images the tallies
+    cover. A run with other arguments starts it afresh; a finished run removes it.
+    """
+
+    def __init__(self, out: Path, key: str) -> None:
+        self.dir = out / ".partial"
+        self.state: dict[str, Any] = {}
+        path = self.dir / "state.json"
+        if path.is_file():
+            try:
+                self.state = json.loads(path.read_text())
+            except ValueError:
+                self.state = {}
+        if self.state.get("key") != key:
+            if self.dir.exists():
+                log.info("discarding the partial results of an interrupted run with other arguments")
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.state = {"key": key}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.found = {k: v for k, v in self.state.items() if k != "key"}
+
+    def save(self, **changes: Any) -> None:
+        """Record finished steps (after their files are written)."""
+        self.state.update(changes)
+        write_json(self.dir / "state.json", self.state)
+
+    def save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        """Write one ``.npz`` of the work folder atomically."""
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write(self.dir / name, buf.getvalue())
+
+    def load_arrays(self, name: str) -> dict[str, np.ndarray] | None:
+        """Read one ``.npz`` of the work folder, or None when it is absent or unreadable."""
+        try:
+            with np.load(self.dir / name, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            return None
+
+    def remove(self) -> None:
+        """Delete the folder once the results are in place."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _Every:
+    """True at most once per ``seconds`` (checkpoints cost a write; interrupts save anyway)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.last = seconds, time.monotonic()
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.last >= self.seconds:
+            self.last = now
+            return True
+        return False
+
+
+def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, out: Path, summaries: dict[str, Any], key: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """The three steps for ``layers`` in shared passes over the data; return timings and what was resumed."""
     device = torch.device(cfg.device)
     timings: dict[str, float] = {}
-    store = FeatureStore(model, layers, ds, samples, categories, mean_std=mean_std, batch_size=cfg.batch_size, workers=cfg.workers, device=device, cache_dir=out / f".features-{time.time_ns()}", budget_bytes=int(cfg.cache_budget_gb * 1e9))
+    work = _Work(out, key)
+    resumed: dict[str, Any] = {}
+    store = FeatureStore(model, layers, ds, samples, categories, mean_std=mean_std, batch_size=cfg.batch_size, workers=cfg.workers, device=device, cache_dir=work.dir, budget_bytes=int(cfg.cache_budget_gb * 1e9))
+    feat_state = work.found.get("features") or {}
+    if feat_state.get("shapes"):
+        store.resume(feat_state["shapes"], int(feat_state.get("rows", 0)))
+        if store.rows:
+            resumed["feature_rows"] = store.rows
+    names = {k: f"layer{i}" for i, k in enumerate(layers)}
+    thresholds: dict[str, np.ndarray] = {}
+    top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if work.found.get("thresholds"):
+        for k in layers:
+            saved = work.load_arrays(f"{names[k]}_thresholds.npz")
+            if saved is None:
+                thresholds = {}
+                break
+            thresholds[k] = saved["thresholds"]
+            top[k] = (torch.from_numpy(saved["top_values"]).to(device), torch.from_numpy(saved["top_index"]).to(device))
+            store.shapes[k] = tuple(int(v) for v in saved["shape"])
+        if thresholds:
+            resumed["thresholds"] = True
+    every = _Every(cfg.checkpoint_s)
+
+    def save_features() -> None:
+        store.flush()
+        work.save(features={"rows": store.rows, "shapes": {k: list(v) for k, v in store.shapes.items()}})
+
+    try:
+        if not thresholds:
+            thresholds, top = _thresholds(cfg, store, layers, device, lambda: every() and save_features(), timings)
+            for k in layers:
+                vals, ids = top[k]
+                work.save_arrays(f"{names[k]}_thresholds.npz", {"thresholds": thresholds[k], "top_values": vals.cpu().numpy(), "top_index": ids.cpu().numpy(), "shape": np.array(store.shapes[k])})
+            save_features()
+            work.save(thresholds=True)
+        t = time.perf_counter()
+        primary = ds.primary_categories(categories)
+        primary[0] = -1
+        tallies = {k: Tally(store.shapes[k][0], primary, len(categories), thresholds[k], cfg.union, device) for k in layers}
+        start = 0
+        if work.found.get("tally"):
+            saved_tallies = {k: work.load_arrays(f"{names[k]}_tally.npz") for k in layers}
+            counts = {int(v["images"]) for v in saved_tallies.values() if v is not None}
+            if None not in saved_tallies.values() and len(counts) == 1:
+                for k in layers:
+                    tallies[k].load_state(saved_tallies[k])
+                start = counts.pop()
+                resumed["tally_images"] = start
+
+        def save_tallies() -> None:
+            if any(tl.committing for tl in tallies.values()):
+                return  # interrupted while adding a batch: the last checkpoint stands
+            for k in layers:
+                work.save_arrays(f"{names[k]}_tally.npz", tallies[k].state())
+            work.save(tally=True)
+
+        try:
+            for items, feats in store.batches(labels=True, desc="tally", start=start):
+                for k in layers:
+                    tallies[k].update(feats[k], items)
+                if every():
+                    save_tallies()
+        except BaseException:
+            save_tallies()
+            raise
+        timings["tally_s"] = time.perf_counter() - t
+    except BaseException:
+        if store.maps is not None and not work.found.get("thresholds"):
+            try:
+                save_features()
+            except Exception:  # noqa: BLE001 - never hide the error that stopped the run
+                log.debug("could not checkpoint the feature cache", exc_info=True)
+        store.close()
+        raise
+    store.close()
+    t = time.perf_counter()
+    names_l = ds.label_names()
+    images = [getattr(s, "image", str(i)) for i, s in enumerate(samples)]
+    for k in layers:
+        vals, ids = top.get(k, (torch.empty(0, 0), torch.empty(0, 0, dtype=torch.long)))
+        summaries[k] = write_layer(out, k, tallies[k].arrays(), thresholds[k], primary, categories, names_l, cfg.iou_threshold, (vals.cpu().numpy(), ids.cpu().numpy()), images)
+    timings["results_s"] = time.perf_counter() - t
+    work.remove()
+    return timings, resumed
+
+
+def _thresholds(cfg: DissectConfig, store: FeatureStore, layers: list[str], device: torch.device, checkpoint: Callable[[], Any], timings: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """The forward pass (features, top-k, first quantile pass), then the remaining quantile passes."""
     quantiles: dict[str, ExactQuantile] = {}
     fixed: dict[str, np.ndarray] = {}
     top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def on_batch(items, feats) -> None:
-        idx = torch.tensor([it.index for it in items], device=device)
+    def on_batch(_items, i0: int, feats: dict[str, torch.Tensor]) -> None:
         for name, f in feats.items():
             units = f.shape[1]
             if name not in quantiles and name not in fixed:
@@ -200,50 +393,34 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
                     quantiles[name] = ExactQuantile(units, 1.0 - cfg.quantile)
             if name in quantiles:
                 quantiles[name].update(f)
+            if name not in top:
+                top[name] = (torch.empty(0, units, device=device), torch.empty(0, units, dtype=torch.long, device=device))
             if cfg.top_k:
                 mx = f.amax(dim=(2, 3)).float()
-                vals, ids = top.get(name, (torch.empty(0, units, device=device), torch.empty(0, units, dtype=torch.long, device=device)))
+                idx = torch.arange(i0, i0 + len(f), device=device)
+                vals, ids = top[name]
                 vals = torch.cat([vals, mx])
                 ids = torch.cat([ids, idx[:, None].expand_as(mx)])
                 order = torch.sort(vals, dim=0, descending=True, stable=True).indices[: cfg.top_k]
                 top[name] = (vals.gather(0, order), ids.gather(0, order))
 
-    try:
-        t = time.perf_counter()
-        store.forward_pass(on_batch)
-        timings["features_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        for q in quantiles.values():
-            q.end_pass()
-        passes = 0
-        while any(q.needs_pass() for q in quantiles.values()):
-            passes += 1
-            pending = [k for k, q in quantiles.items() if q.needs_pass()]
-            for _, feats in store.batches(labels=False, desc=f"quantiles {passes}"):
-                for k in pending:
-                    quantiles[k].update(feats[k])
-            for k in pending:
-                quantiles[k].end_pass()
-        thresholds = fixed | {k: q.result() for k, q in quantiles.items()}
-        timings["thresholds_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        primary = ds.primary_categories(categories)
-        primary[0] = -1
-        tallies = {k: Tally(store.shapes[k][0], primary, len(categories), thresholds[k], cfg.union, device) for k in layers}
-        for items, feats in store.batches(labels=True, desc="tally"):
-            for k in layers:
-                tallies[k].update(feats[k], items)
-        timings["tally_s"] = time.perf_counter() - t
-    finally:
-        store.close()
     t = time.perf_counter()
-    names = ds.label_names()
-    images = [getattr(s, "image", str(i)) for i, s in enumerate(samples)]
-    for k in layers:
-        vals, ids = top.get(k, (torch.empty(0, 0), torch.empty(0, 0, dtype=torch.long)))
-        summaries[k] = write_layer(out, k, tallies[k].arrays(), thresholds[k], primary, categories, names, cfg.iou_threshold, (vals.cpu().numpy(), ids.cpu().numpy()), images)
-    timings["results_s"] = time.perf_counter() - t
-    return timings
+    store.forward_pass(on_batch, checkpoint)
+    timings["features_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for q in quantiles.values():
+        q.end_pass()
+    passes = 0
+    while any(q.needs_pass() for q in quantiles.values()):
+        passes += 1
+        pending = [k for k, q in quantiles.items() if q.needs_pass()]
+        for _, feats in store.batches(labels=False, desc=f"quantiles {passes}"):
+            for k in pending:
+                quantiles[k].update(feats[k])
+        for k in pending:
+            quantiles[k].end_pass()
+    timings["thresholds_s"] = time.perf_counter() - t
+    return fixed | {k: q.result() for k, q in quantiles.items()}, top
 
 
 __all__ = ["ConceptsError", "DissectConfig", "dissect"]

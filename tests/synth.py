@@ -152,3 +152,17 @@ def red_unit_net(num_classes: int = 3):
             return self.head(self.flat(self.gap(self.pool(self.conv(x)))))
 
     return RedNet()
+
+
+def small_convnet(num_classes: int = 3):
+    """A seeded random CNN with nested layer names: ``features.2`` gives 6 maps at a quarter of the input size."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(5)
+    net = nn.Sequential()
+    net.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2, padding=1), nn.ReLU())
+    net.pool = nn.AdaptiveAvgPool2d(1)
+    net.flat = nn.Flatten()
+    net.head = nn.Linear(6, num_classes)
+    return net

@@ -134,3 +134,75 @@ def test_model_factory_output_is_deterministic(toy, tmp_path):
         assert invoke(toy, *BASE, "--layer", "conv", "--batch-size", "3" if name == "x" else "8", "-o", tmp_path / name)[0].exit_code == 0
     assert (tmp_path / "x" / "tally_conv.csv").read_bytes() == (tmp_path / "y" / "tally_conv.csv").read_bytes()
     assert red_unit_net().conv.weight.shape == (4, 3, 1, 1)
+
+
+def test_published_dataset_gives_identical_tally(toy, tmp_path, monkeypatch):
+    from concepts.publish import PublishOptions, parse_shard_size, publish
+
+    hf = tmp_path / "toy-hf"
+    publish(toy, hf, PublishOptions(shard_size=parse_shard_size("2kB")))
+    assert len(list((hf / "data").glob("*.parquet"))) > 1
+    runs = {"broden": toy, "published": hf, "hub": "hf://me/toy"}
+    monkeypatch.setattr("concepts.hub.download", lambda spec, **kw: hf)  # hf:// without a network
+    for name, spec in runs.items():
+        result, _ = invoke(spec, *BASE[:-2], "--workers", "1" if name == "published" else "0", "--layer", "conv", "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    for name in ("published", "hub"):
+        for f in ("tally_conv.csv", "topk_conv.csv", "thresholds_conv.npy"):
+            assert (tmp_path / name / f).read_bytes() == (tmp_path / "broden" / f).read_bytes(), (name, f)
+    assert json.loads((tmp_path / "hub" / "run.json").read_text())["args"]["dataset"] == "hf://me/toy"
+
+
+def _copy(toy, tmp_path):
+    import shutil
+
+    shutil.copytree(toy, tmp_path / "ds")
+    return tmp_path / "ds"
+
+
+def test_dataset_errors_name_the_file(toy, tmp_path):
+    ds = _copy(toy, tmp_path)
+    first = next(p for p in sorted((ds / "images" / "synth").iterdir()) if p.name.endswith("_object.png"))
+    first.unlink()
+    one_error_line(invoke(ds, *BASE, "--layer", "pool", "-o", tmp_path / "o")[0], f"images/synth/{first.name} is missing")
+    (ds / "c_object.csv").unlink()
+    one_error_line(invoke(ds, *BASE, "--layer", "pool", "-o", tmp_path / "o")[0], "c_object.csv: file is missing")
+    (ds / "index.csv").write_text((ds / "index.csv").read_text().replace(",scene", ",scenery", 1))
+    (ds / "c_object.csv").write_text("code,number,name,frequency,coverage\n")
+    one_error_line(invoke(ds, *BASE, "--layer", "pool", "-o", tmp_path / "o")[0], "index.csv: no column for category scene")
+    (ds / "index.csv").unlink()
+    one_error_line(invoke(ds, *BASE, "--layer", "pool", "-o", tmp_path / "o")[0], "index.csv: file is missing")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_image_is_one_line_even_from_a_worker(toy, tmp_path, workers):
+    ds = _copy(toy, tmp_path)
+    bad = sorted((ds / "images" / "synth").glob("*.jpg"))[3]
+    bad.write_bytes(b"not a jpeg")
+    line = one_error_line(invoke(ds, *BASE[:-2], "--workers", workers, "--layer", "pool", "-o", tmp_path / "o")[0], "cannot read")
+    assert bad.name in line
+
+
+def test_label_number_outside_label_csv(toy, tmp_path):
+    from PIL import Image
+
+    ds = _copy(toy, tmp_path)
+    png = sorted((ds / "images" / "synth").glob("*_color.png"))[0]
+    arr = np.array(Image.open(png))
+    arr[0, 0] = (99, 0, 0)
+    Image.fromarray(arr).save(png)
+    one_error_line(invoke(ds, *BASE, "--layer", "pool", "-o", tmp_path / "o")[0], "label number 99 is not in label.csv")
+
+
+def test_pretrained_offline_and_missing_cuda(toy, tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    line = one_error_line(invoke(toy, "--model", "resnet18", "--pretrained", "--layer", "layer4", "-o", tmp_path / "o")[0], "published weights of resnet18")
+    assert "--weights" in line
+    if not torch.cuda.is_available():
+        one_error_line(invoke(toy, *BASE, "--layer", "pool", "--device", "cuda", "-o", tmp_path / "o")[0], "no CUDA device")

@@ -134,7 +134,7 @@ def slow_tally(feats, items, thresholds, primary, nc, union):
 @pytest.mark.parametrize("union", UNIONS)
 def test_fast_tally_equals_slow(union):
     rng = np.random.default_rng(7)
-    units, nl, nc = 5, 9, 3
+    units, nc = 5, 3
     primary = np.array([-1, 0, 0, 1, 1, 1, -1, 2, 2])  # label 6 is a gap in label.csv
     sizes = [(8, 8), (8, 8), (6, 10), (8, 8), (6, 10), (8, 8), (8, 8)]
     feats = torch.from_numpy(rng.standard_normal((len(sizes), units, 4, 4)).astype(np.float32))

@@ -15,6 +15,10 @@ EPILOG = """Examples:
   concepts dissect broden1_224/ --model resnet18 --weights resnet18_places365.pth --layer layer4 -o out/
 
   concepts dissect data/ --model mypkg.nets:build --layer features.28 --layer features.30 -o out/ --normalize netdissect
+
+  concepts dissect hf://me/my-concepts --model resnet50 --pretrained --layer layer3 --layer layer4 -o out/ --device cuda
+
+Running the same command again resumes an interrupted run and skips layers already finished.
 """
 
 
@@ -31,7 +35,7 @@ def _thresholds(values: list[str] | None) -> dict[str, Path]:
 
 @app.command(epilog=EPILOG)
 def dissect(
-    dataset: Annotated[Path, typer.Argument(help="Concept dataset folder (Broden layout).")],
+    dataset: Annotated[str, typer.Argument(help="Concept dataset: a Broden folder, a published Hugging Face dataset folder, or hf://OWNER/NAME.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="torchvision architecture (resnet18, alexnet, vgg16, ...) or package.module:factory.")] = None,
     layer: Annotated[Optional[list[str]], typer.Option("--layer", "-l", help="Module name to dissect (repeatable; nested names like layer4.1.conv2).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("dissection"),
