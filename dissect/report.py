@@ -66,7 +66,7 @@ def unit_strips(run: Run, layer: str, *, dataset: Path | None = None, device: st
     import torch
     import torch.nn.functional as F
 
-    from concepts.broden.reader import open_dataset
+    from concepts.hub import open_any
     from dissect.data import loader, stack_images
     from dissect.hooks import capture
     from dissect.models import load_model, parse_normalize
@@ -76,9 +76,10 @@ def unit_strips(run: Run, layer: str, *, dataset: Path | None = None, device: st
         return {}
     params = run.params(layer)
     args = run.record.get("args", {})
-    root = Path(dataset) if dataset is not None else Path(args.get("dataset", ""))
+    spec = str(dataset) if dataset is not None else str(args.get("dataset", ""))
+    root = Path(spec)
     try:
-        ds = open_dataset(root)
+        ds = open_any(spec)
     except DatasetFormatError as e:
         raise UsageError(f"cannot open the run's dataset to draw unit masks: {e.message}", path=e.path or root, hint="pass --dataset PATH, or --no-images") from None
     except OSError as e:

@@ -60,6 +60,13 @@ class DissectConfig:
     checkpoint_s: float = 60.0  # how often an unfinished run saves what it has done
 
 
+def _arg(value: Any) -> Any:
+    """An argument as run.json keeps it: local paths absolute, so a report can run from anywhere."""
+    if isinstance(value, Path) or (isinstance(value, str) and value and not value.startswith("hf://") and Path(value).exists()):
+        return str(Path(value).absolute())
+    return value
+
+
 def _check(cfg: DissectConfig) -> None:
     if not cfg.layers:
         raise UsageError("give at least one --layer")
@@ -202,7 +209,7 @@ def dissect(cfg: DissectConfig) -> dict[str, Any]:
     except ValueError:
         summaries = {}
     record = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()} | {"thresholds": {k: str(v) for k, v in cfg.thresholds.items()}},
+        "args": {k: _arg(v) for k, v in asdict(cfg).items()} | {"thresholds": {k: _arg(v) for k, v in cfg.thresholds.items()}},
         "versions": _versions(),
         "images": len(samples),
         "layers": {k: v for k, v in previous.get("layers", {}).items() if k not in todo},

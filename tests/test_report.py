@@ -269,3 +269,18 @@ def test_report_with_images(real_run, tmp_path):
     strips = [r for r in refs if r.startswith("conv_units/")]
     assert cards == 4 and len(strips) == 4
     assert all(p.is_file() for p in written)
+
+
+def test_dissect_report_flag_from_another_directory(tmp_path, monkeypatch):
+    ds = toy_dataset(tmp_path / "ds", n=6)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["dissect", "ds", "--model", "synth:red_unit_net", "--layer", "conv", "-o", "run",
+                                      "--normalize", "none", "--quantile", "0.1", "--workers", "0", "--top-k", "2", "--report"])
+    assert result.exit_code == 0, result.output
+    assert "report in run/report (2 page(s))" in result.output  # conv.html and index.html
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["args"]["dataset"] == str(ds.absolute())
+    monkeypatch.chdir(ds)  # the report's masks must not depend on the working directory
+    written = write_report(tmp_path / "run", tmp_path / "again")
+    check_refs(tmp_path / "again" / "conv.html")
+    assert any(p.name.startswith("unit") for p in written)

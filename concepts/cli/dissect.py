@@ -56,6 +56,7 @@ def dissect(
     top_k: Annotated[int, typer.Option("--top-k", help="Top activating images kept per unit.")] = 10,
     cache_gb: Annotated[float, typer.Option("--cache-gb", help="Disk budget for cached features; above it they are recomputed.")] = 8.0,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when finished results match.")] = False,
+    report: Annotated[bool, typer.Option("--report", help="Also write the HTML report and plots into OUT/report/.")] = False,
 ) -> None:
     """Label every unit of the given layers with the concept its activations segment best."""
     from dissect.run import DissectConfig
@@ -77,3 +78,9 @@ def dissect(
         per_cat = ", ".join(f"{c} {v['detectors']}/{v['unique_concepts']}" for c, v in summary["categories"].items())
         typer.echo(f"{name}: {summary['detectors']} of {summary['units']} units are detectors, {summary['unique_concepts']} unique concepts ({per_cat})")
     typer.echo(f"results in {out}")
+    if report:
+        from dissect.report import write_report
+
+        written = write_report(Path(out), Path(out) / "report", device=device)
+        pages = [p for p in written if p.suffix == ".html"]
+        typer.echo(f"report in {Path(out) / 'report'} ({len(pages)} page(s))")
