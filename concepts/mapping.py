@@ -83,26 +83,22 @@ class ConceptMapping:
         names = tuple(n for n in dict.fromkeys(n.strip() for n in names) if n)
         return Concept(category, names) if names else None
 
-    def shape(self, label: str, *, part: bool = False) -> Concept | None:
-        """The concept of an area shape labelled ``label`` (``part``: it is a part of another shape)."""
+    def _label(self, label: str, default_category: str) -> Concept | None:
         entry = self._entry(self.labels, label)
         if entry is None and not self.keep_unmapped:
             return None
         entry = entry or _Entry()
         if entry.drop:
             return None
-        category = entry.category or (DEFAULT_PART if part else DEFAULT_SHAPE)
-        return self._concept(category, entry.names or (label,))
+        return self._concept(entry.category or default_category, entry.names or (label,))
+
+    def shape(self, label: str, *, part: bool = False) -> Concept | None:
+        """The concept of an area shape labelled ``label`` (``part``: it is a part of another shape)."""
+        return self._label(label, DEFAULT_PART if part else DEFAULT_SHAPE)
 
     def tag(self, label: str) -> Concept | None:
         """The concept of an image-level tag (CVAT tag, labelme flag)."""
-        entry = self._entry(self.labels, label)
-        if entry is None and not self.keep_unmapped:
-            return None
-        entry = entry or _Entry()
-        if entry.drop:
-            return None
-        return self._concept(entry.category or self.tag_category, entry.names or (label,))
+        return self._label(label, self.tag_category)
 
     def attribute(self, name: str, value: str) -> Concept | None:
         """The concept an attribute ``name=value`` of a shape adds over its pixels (None: ignored)."""
