@@ -1,14 +1,23 @@
 """Accumulate truth, intersection and activation counts over a dataset, all units at once.
 
-Per batch: unit-image pairs whose maximum is at or below the threshold are skipped, the rest
-are upsampled (bilinear, pixel centres aligned) to the segmentation size and thresholded in
-chunks, and intersections are counted with one ``bincount`` over ``unit * L + label`` keys
-of the active pixels (all label layers at once, which is the same as one per layer).
+Per batch: unit-image pairs whose maximum is at or below the threshold are skipped. For the
+rest, the active pixels (bilinear upsampling, pixel centres aligned, above the threshold) are
+found without upsampling whole maps: output rows that interpolate from the same pair of source
+rows form a tile row (likewise columns), so each output tile is interpolated from 4 source
+cells and can only exceed the threshold where the largest of them does. Only those tiles, and
+in them only the rows and columns whose edge values reach the threshold, are interpolated,
+with the weights read off the device's own ``F.interpolate`` and in its order of operations.
+A pixel whose value is within rounding of the threshold (where kernels may disagree) sends
+its pair to plain ``F.interpolate``, so the counts are exactly those of upsampling in full.
+Intersections are counted with one ``bincount`` over ``unit * L + label`` keys of the active
+pixels (all label layers at once, which is the same as one per layer), or over
+``pair * L + label`` keys when there are few labels, which also gives each pair's categories.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,6 +27,160 @@ from dissect.data import Item
 
 UNIONS = ("ndlite", "netdissect", "global")
 _CHUNK = 1 << 22  # upsampled elements per chunk (16 MB): bounds memory whatever the batch size
+# Guard band, relative to the magnitudes interpolated (the weighted sum of the 4 cells' absolute
+# values): with the same weights, two float32 evaluations of the bilinear formula in different
+# orders differ by a few units of 2**-24 of it (at most 4.3 measured on CPU kernels); this is 32.
+_KAPPA = 2.0**-19
+
+
+class _Axis(NamedTuple):
+    """One axis of an upsampling, by tile (the output indices that interpolate from source ``t`` and ``t + 1``)."""
+
+    start: torch.Tensor  # n_in: the first output index of each tile
+    w0: torch.Tensor  # size x n_in float32: weight of source t at each output index of tile t (NaN past its end)
+    w1: torch.Tensor  # size x n_in float32: weight of source t + 1 (0 where only t counts; NaN past the end)
+    exists: torch.Tensor  # n_in bool: tiles holding at least one output index
+    size: int  # the largest tile
+    ok: bool  # the weights have the bilinear form (else upsample in full)
+
+
+def _read_axis(n_in: int, n_out: int, dim: int, device: torch.device) -> _Axis:
+    """The source indices and weights of one axis, read off ``F.interpolate`` on the device, so that they are the kernel's own."""
+    eye = torch.eye(n_in, device=device)
+    x, size = (eye[:, None, :, None], (n_out, 1)) if dim == 0 else (eye[:, None, None, :], (1, n_out))
+    wts = F.interpolate(x, size=size, mode="bilinear", align_corners=False).reshape(n_in, n_out)
+    nz = wts != 0
+    first = nz.int().argmax(0)
+    last = n_in - 1 - nz.flip(0).int().argmax(0)
+    out = torch.arange(n_out, device=device)
+    w0 = wts[first, out]
+    # A lone weight is either an exact source index or both ends clamped to the edge, where the
+    # kernel adds two weights of the same cell; their sum is within rounding of that (the guard's job).
+    w1 = torch.where(last > first, wts[last, out], torch.zeros((), device=device))
+    ok = bool((nz.any(0) & (last - first <= 1)).all() and (first[1:] >= first[:-1]).all())
+    count = torch.bincount(first, minlength=n_in)
+    size = int(count.max())
+    start = torch.cumsum(count, 0) - count
+    pos = torch.arange(size, device=device)
+    at = (start + pos[:, None]).clamp(max=n_out - 1)
+    # NaN weights past a tile's end make every comparison false, so no mask is needed.
+    past = pos[:, None] >= count
+    return _Axis(start, w0[at].masked_fill(past, float("nan")), w1[at].masked_fill(past, float("nan")), count > 0, size, ok)
+
+
+def _full_active(maps: torch.Tensor, thr: torch.Tensor, sh: int, sw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Active pixels ``(map index, pixel)`` of ``maps`` (``P x h x w``) upsampled in full to ``sh x sw``."""
+    npix = sh * sw
+    step = max(1, _CHUNK // npix)
+    js, pixs = [], []
+    for s in range(0, len(maps), step):
+        up = F.interpolate(maps[s : s + step, None], size=(sh, sw), mode="bilinear", align_corners=False)
+        j, pix = (up.view(-1, npix) > thr[s : s + step, None]).nonzero(as_tuple=True)
+        js.append(j + s)
+        pixs.append(pix)
+    return torch.cat(js), torch.cat(pixs)
+
+
+def _pairs_max(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The larger of each entry and the next one along ``dim`` (the last entry kept)."""
+    n = x.shape[dim]
+    return torch.cat([torch.maximum(x.narrow(dim, 0, n - 1), x.narrow(dim, 1, n - 1)), x.narrow(dim, n - 1, 1)], dim)
+
+
+def _hot_tiles(maps: torch.Tensor, thr: torch.Tensor, rows: _Axis, cols: _Axis) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(map, tile row, tile column)`` of the tiles whose 4 source cells reach the threshold (less the rounding margin), sorted by map."""
+    hi = _pairs_max(_pairs_max(maps, 1), 2)
+    # The margin for rounding, from the map's largest magnitude rather than each tile's: looser, cheaper.
+    low = thr - _KAPPA * maps.abs().amax(dim=(1, 2))
+    sel = (hi > low[:, None, None]) & rows.exists[:, None] & cols.exists
+    k, t, s = sel.nonzero(as_tuple=True)
+    return k, t, s
+
+
+def _span(ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start and length of the smallest interval holding each column's true entries (length 0 when none)."""
+    n = ok.shape[0]
+    # Small integer types: their elementwise products and reductions are many times faster here.
+    dtype = torch.uint8 if n < 255 else torch.int32
+    rank = torch.arange(1, n + 1, dtype=dtype, device=ok.device)[:, None]
+    okn = ok.to(dtype)
+    end = (okn * rank).amax(0).long()  # last + 1, or 0
+    from_end = (okn * (n + 1 - rank)).amax(0).long()  # n - first, or 0
+    return n - from_end, (end + from_end - n).clamp(min=0)
+
+
+def _expand(n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``n[i]`` entries per item ``i``: each entry's item and its position among the item's entries."""
+    item = torch.repeat_interleave(n)
+    pos = torch.arange(len(item), device=n.device) - (torch.cumsum(n, 0) - n).index_select(0, item)
+    return item, pos
+
+
+def _tile_active(maps: torch.Tensor, thr: torch.Tensor, tiles: Sequence[torch.Tensor], p0: int, rows: _Axis, cols: _Axis, sh: int, sw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Active pixels ``(map index, pixel)`` of ``maps`` upsampled to ``sh x sw``, computed only in ``tiles`` (maps numbered from ``p0``).
+
+    Equal to :func:`_full_active` on the same maps: a pixel within rounding of its threshold
+    hands its map to it.
+    """
+    k, t, s = tiles
+    k = k - p0
+    P, h, w = maps.shape
+    K = len(k)
+    flat = maps.reshape(-1)
+    t0 = k * (h * w) + t * w
+    t1 = t0 + (t < h - 1) * w  # the next source row, or the same one at the edge
+    s1 = s + (s < w - 1)
+    a, b, c, d = (flat.index_select(0, i) for i in (t0 + s, t0 + s1, t1 + s, t1 + s1))
+    T = thr.index_select(0, k)
+    mag = torch.maximum(torch.maximum(a.abs(), b.abs()), torch.maximum(c.abs(), d.abs()))
+    low = T - _KAPPA * mag
+    # Tables are position x tile, so that reductions over a tile's positions run across tiles.
+    h0, h1 = rows.w0.index_select(1, t), rows.w1.index_select(1, t)
+    w0, w1 = cols.w0.index_select(1, s), cols.w1.index_select(1, s)
+    # Along the width first, as the kernels do. A row (column) of a tile interpolates between
+    # its two end values, so it can only exceed the threshold where one of them nearly does:
+    # the pixels to compute lie in a box of rows and columns.
+    top, bottom = a * w0 + b * w1, c * w0 + d * w1
+    x0, nx = _span(torch.maximum(top, bottom) > low)
+    y0, ny = _span(torch.maximum(a * h0 + c * h1, b * h0 + d * h1) > low)
+    ny = torch.where(nx > 0, ny, 0)
+    # The boxes' rows, then their pixels (flat tables are indexed position * K + tile).
+    rt, dy = _expand(ny)
+    jy = y0.index_select(0, rt) + dy
+    fy = jy * K + rt
+    hr0, hr1 = h0.view(-1).index_select(0, fy), h1.view(-1).index_select(0, fy)
+    tile_k = torch.arange(K, device=maps.device)
+    fx0 = (x0 * K + tile_k).index_select(0, rt)
+    pix0 = (rows.start.index_select(0, t) * sw + cols.start.index_select(0, s) + x0).index_select(0, rt) + jy * sw
+    Tr, band = T.index_select(0, rt), ((2 * _KAPPA) * mag).index_select(0, rt)
+    r, dx = _expand(nx.index_select(0, rt))
+    fx = fx0.index_select(0, r) + dx * K
+    v = top.view(-1).index_select(0, fx) * hr0.index_select(0, r) + bottom.view(-1).index_select(0, fx) * hr1.index_select(0, r)
+    Tq = Tr.index_select(0, r)
+    active = v > Tq
+    dist = (v - Tq).abs()
+    near = dist < band.index_select(0, r)
+    j = k.index_select(0, rt).index_select(0, r)
+    pix = pix0.index_select(0, r) + dx
+    if near.any():
+        # Rounding is bounded relative to the interpolated magnitudes, which are 0 only where
+        # every contributing weight or cell is 0 and the value is then exactly 0 in any kernel.
+        near = near.nonzero()[:, 0]
+        nr, nx_ = r[near], fx[near]
+        nt = rt[nr]
+        wx0, wx1 = w0.view(-1)[nx_], w1.view(-1)[nx_]
+        size = (a[nt].abs() * wx0 + b[nt].abs() * wx1) * hr0[nr] + (c[nt].abs() * wx0 + d[nt].abs() * wx1) * hr1[nr]
+        amb = near[dist[near] < _KAPPA * size]
+        if len(amb):
+            redo = torch.unique(j[amb])
+            bad = torch.zeros(P, dtype=torch.bool, device=maps.device)
+            bad[redo] = True
+            active &= ~bad[j]
+            jr, pr = _full_active(maps[redo], thr[redo], sh, sw)
+            keep = active.nonzero()[:, 0]
+            return torch.cat([j.index_select(0, keep), redo[jr]]), torch.cat([pix.index_select(0, keep), pr])
+    keep = active.nonzero()[:, 0]
+    return j.index_select(0, keep), pix.index_select(0, keep)
 
 
 _FIELDS = ("truth", "inter", "act_cat", "act_units")
@@ -37,10 +200,18 @@ class Tally:
         self.units, self.union, self.device = units, union, torch.device(device)
         self.nl, self.nc = len(primary), num_categories
         self.primary = torch.as_tensor(primary, dtype=torch.long, device=self.device)
+        # Category per label with "none" as an extra last category, so presence needs no masking.
+        self._cat = torch.where(self.primary >= 0, self.primary, self.nc).to(torch.int32)
+        self._label_cat = torch.zeros(self.nl, self.nc + 1, device=self.device)
+        self._label_cat[torch.arange(self.nl, device=self.device), self._cat] = 1
+        self._labels = torch.zeros(0, dtype=torch.int32, device=self.device)  # label buffer, reused from batch to batch
         self.thresholds = torch.as_tensor(np.asarray(thresholds, np.float32), device=self.device)
         self.truth, self.inter, self.act_cat, self.act_units = self._zeros()
         self.images = 0
         self.committing = False
+        self._axes: dict[tuple[int, int, int], _Axis] = {}
+        self._full = False  # True: upsample every hot map in full (the plain method, kept to check the tiled one)
+        self._by_pair = False  # True: always count by pair and label (tests reach both ways of counting)
 
     def _zeros(self) -> list[torch.Tensor]:
         z = lambda *shape: torch.zeros(*shape, dtype=torch.long, device=self.device)  # noqa: E731
@@ -48,10 +219,8 @@ class Tally:
 
     def _presence(self, keys_rows: torch.Tensor, labels: torch.Tensor, rows: int) -> torch.Tensor:
         """``rows x C`` bool: which categories (by primary) the given labels of each row include."""
-        cats = self.primary[labels]
-        ok = cats >= 0
-        keys = keys_rows[ok] * self.nc + cats[ok]
-        return torch.bincount(keys, minlength=rows * self.nc).view(rows, self.nc) > 0
+        keys = keys_rows * (self.nc + 1) + self._cat.index_select(0, labels)
+        return torch.bincount(keys, minlength=rows * (self.nc + 1)).view(rows, self.nc + 1)[:, : self.nc] > 0
 
     def update(self, feats: torch.Tensor, items: Sequence[Item]) -> None:
         """Add one batch: ``feats`` is ``B x U x h x w`` for ``items`` in the same order."""
@@ -60,8 +229,18 @@ class Tally:
         for b, it in enumerate(items):
             groups.setdefault((it.sh, it.sw), []).append(b)
         delta = self._zeros()
-        for (sh, sw), members in groups.items():
-            self._update_group(delta, feats[members], [items[b] for b in members], sh, sw)
+        # The work is many small steps: on a CPU, OpenMP's fan-out and barriers cost more than
+        # they save, and far more when the loader's workers keep the other cores busy.
+        threads = torch.get_num_threads()
+        single = self.device.type == "cpu" and threads > 1
+        if single:
+            torch.set_num_threads(1)
+        try:
+            for (sh, sw), members in groups.items():
+                self._update_group(delta, feats[members], [items[b] for b in members], sh, sw)
+        finally:
+            if single:
+                torch.set_num_threads(threads)
         self.committing = True
         for name, d in zip(_FIELDS, delta):
             getattr(self, name).add_(d)
@@ -82,58 +261,108 @@ class Tally:
         self.images = int(state["images"])
 
     def _update_group(self, delta: list[torch.Tensor], feats: torch.Tensor, items: Sequence[Item], sh: int, sw: int) -> None:
-        truth, inter, act_cat, act_units = delta
         dev, nl, nc = self.device, self.nl, self.nc
         B, npix = len(items), sh * sw
         depth = max(it.layers.shape[0] for it in items)
-        labels = torch.zeros(B, max(depth, 1), npix, dtype=torch.long, device=dev)
+        depth = max(depth, 1)
+        if self._labels.numel() < B * npix * depth:
+            self._labels = torch.empty(B * npix * depth, dtype=torch.int32, device=dev)
+        labels = self._labels[: B * npix * depth].view(B, depth, npix)
+        per_image = torch.zeros(B, nl, dtype=torch.long, device=dev)
         for b, it in enumerate(items):
-            if it.layers.shape[0]:
-                labels[b, : it.layers.shape[0]] = it.layers.reshape(it.layers.shape[0], -1).to(dev, non_blocking=True)
-        flat = labels.view(B, -1)
-        counts = torch.bincount(flat.reshape(-1), minlength=nl)
+            n = it.layers.shape[0]
+            if n:
+                labels[b, :n] = it.layers.reshape(n, -1).to(dev, non_blocking=True)
+                per_image[b] = torch.bincount(labels[b, :n].view(-1), minlength=nl)  # while the copy is in cache
+            if n < depth:
+                labels[b, n:] = 0
+        counts = per_image.sum(0)
         counts[0] = 0
-        truth += counts
+        delta[0] += counts
         # Image-level labels: a count matrix, since a repeated number counts (and covers) twice.
         scal_b = torch.tensor([b for b, it in enumerate(items) for _ in it.scalars], dtype=torch.long, device=dev)
         scal_l = torch.tensor([n for it in items for n in it.scalars], dtype=torch.long, device=dev)
-        has_scalars = len(scal_l) > 0
-        if has_scalars:
-            truth += torch.bincount(scal_l, minlength=nl) * npix
+        img_counts = None
+        if len(scal_l):
+            delta[0] += torch.bincount(scal_l, minlength=nl) * npix
             img_counts = torch.zeros(B, nl, dtype=torch.long, device=dev)
             img_counts.index_put_((scal_b, scal_l), torch.ones_like(scal_l), accumulate=True)
             scal_cat = self._presence(scal_b, scal_l, B)
         else:
             scal_cat = torch.zeros(B, nc, dtype=torch.bool, device=dev)
+        img_cat = None
         if self.union == "netdissect":
-            rows = torch.arange(B, device=dev)[:, None].expand_as(flat)
-            img_cat = self._presence(rows.reshape(-1), flat.reshape(-1), B) | scal_cat
+            img_cat = ((per_image > 0).float() @ self._label_cat)[:, :nc] > 0
+            img_cat |= scal_cat
+        ctx = (labels, img_counts, scal_cat, img_cat)
 
         thr = self.thresholds
         # Bilinear upsampling never exceeds the map's maximum: pairs at or below it stay empty.
         hot = (feats.amax(dim=(2, 3)) > thr).nonzero()
         if not len(hot):
             return
-        step = max(1, _CHUNK // npix)
+        h, w = feats.shape[2:]
+        rows_ax, cols_ax = self._axis(h, sh, 0), self._axis(w, sw, 1)
+        if self._full or not (rows_ax.ok and cols_ax.ok):
+            step = max(1, _CHUNK // npix)
+            for s in range(0, len(hot), step):
+                pb, pu = hot[s : s + step, 0], hot[s : s + step, 1]
+                j, pix = _full_active(feats[pb, pu], thr[pu], sh, sw)
+                self._count(delta, ctx, pb, pu, j, pix)
+            return
+        step = max(1, _CHUNK // (8 * h * w))
         for s in range(0, len(hot), step):
             pb, pu = hot[s : s + step, 0], hot[s : s + step, 1]
-            p = len(pb)
-            up = F.interpolate(feats[pb, pu][:, None], size=(sh, sw), mode="bilinear", align_corners=False)
-            j, pix = (up.view(p, npix) > thr[pu][:, None]).nonzero(as_tuple=True)
-            n_act = torch.bincount(j, minlength=p)
-            act_units.index_add_(0, pu, n_act)
-            lab = labels[pb[j], :, pix]  # active pixels x label layers
-            keys = (pu[j][:, None] * nl + lab).reshape(-1)
-            inter += torch.bincount(keys, minlength=self.units * nl)
-            if has_scalars:
-                inter.view(self.units, nl).index_add_(0, pu, n_act[:, None] * img_counts[pb])
-            if self.union == "ndlite":
-                present = self._presence(j[:, None].expand_as(lab).reshape(-1), lab.reshape(-1), p) | scal_cat[pb]
-            elif self.union == "netdissect":
-                present = img_cat[pb]
-            else:
-                present = torch.ones(p, nc, dtype=torch.bool, device=dev)
-            act_cat.index_add_(0, pu, n_act[:, None] * present)
+            maps, t = feats[pb, pu], thr[pu]
+            tiles = _hot_tiles(maps, t, rows_ax, cols_ax)
+            # Parts of whole pairs whose selected tiles hold at most about _CHUNK pixels, to bound memory.
+            cost = torch.bincount(tiles[0], minlength=len(pb)) * (rows_ax.size * cols_ax.size)
+            part = (torch.cumsum(cost, 0) - cost) // _CHUNK
+            p0 = 0
+            for n in torch.unique_consecutive(part, return_counts=True)[1].tolist():
+                p1 = p0 + n
+                t0, t1 = torch.searchsorted(tiles[0], torch.tensor([p0, p1], device=dev)).tolist()
+                j, pix = _tile_active(maps[p0:p1], t[p0:p1], [v[t0:t1] for v in tiles], p0, rows_ax, cols_ax, sh, sw)
+                self._count(delta, ctx, pb[p0:p1], pu[p0:p1], j, pix)
+                p0 = p1
+
+    def _axis(self, n_in: int, n_out: int, dim: int) -> _Axis:
+        key = (n_in, n_out, dim)
+        if key not in self._axes:
+            self._axes[key] = _read_axis(n_in, n_out, dim, self.device)
+        return self._axes[key]
+
+    def _count(self, delta: list[torch.Tensor], ctx: tuple, pb: torch.Tensor, pu: torch.Tensor, j: torch.Tensor, pix: torch.Tensor) -> None:
+        """Add the counts of the active pixels ``pix`` of pairs ``j`` (indices into images ``pb``, units ``pu``)."""
+        _, inter, act_cat, act_units = delta
+        labels, img_counts, scal_cat, img_cat = ctx
+        nl, nc, p = self.nl, self.nc, len(pb)
+        n_act = torch.bincount(j, minlength=p)
+        act_units.index_add_(0, pu, n_act)
+        depth, npix = labels.shape[1:]
+        at = pb.index_select(0, j) * (depth * npix) + pix
+        layer = torch.arange(depth, device=self.device) * npix
+        lab = labels.view(-1).index_select(0, (at[:, None] + layer).view(-1)).view(-1, depth)  # active pixels x label layers
+        inter2 = inter.view(self.units, nl)
+        # int32 keys (the labels' type): mixing int64 into this broadcast is several times slower.
+        if p * nl <= lab.numel() or self._by_pair:
+            # Few pairs and labels: count per pair and label once, which gives both the
+            # intersections and the categories present under each pair's active pixels.
+            by_pair = torch.bincount((j.to(torch.int32)[:, None] * nl + lab).view(-1), minlength=p * nl).view(p, nl)
+            inter2.index_add_(0, pu, by_pair)
+            under = ((by_pair > 0).float() @ self._label_cat)[:, :nc] > 0
+        else:
+            inter += torch.bincount((pu.index_select(0, j).to(torch.int32)[:, None] * nl + lab).view(-1), minlength=self.units * nl)
+            under = self._presence(j.to(torch.int32)[:, None].expand_as(lab).reshape(-1), lab.view(-1), p) if self.union == "ndlite" else None
+        if img_counts is not None:
+            inter2.index_add_(0, pu, n_act[:, None] * img_counts[pb])
+        if self.union == "ndlite":
+            present = under | scal_cat[pb]
+        elif self.union == "netdissect":
+            present = img_cat[pb]
+        else:
+            present = torch.ones(p, nc, dtype=torch.bool, device=self.device)
+        act_cat.index_add_(0, pu, n_act[:, None] * present)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The counts as numpy arrays; ``act`` is per label (via its primary category)."""

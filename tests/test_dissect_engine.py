@@ -174,3 +174,112 @@ def test_image_level_only_dataset_and_union_option(tmp_path):
         assert m["truth"].tolist() == [0, 3 * 256, 3 * 256]
         # Every active pixel of an image with a scene label counts for scene, whatever the rule.
         np.testing.assert_array_equal(m["activation"][:, 1], m["intersection"][:, 1] + m["intersection"][:, 2])
+
+
+def _random_items(rng, n, sh, sw, nl_per_layer=((0, 1, 2), (0, 3, 4, 5))):
+    """Items with one to three label layers (two of the same category on some) and image-level labels on some."""
+    items = []
+    for i in range(n):
+        a = rng.choice(nl_per_layer[0], size=(sh, sw))
+        b = rng.choice(nl_per_layer[1], size=(sh, sw))
+        b2 = np.where(rng.random((sh, sw)) < 0.3, 5, 0)
+        layers = [np.stack([a, b, b2]), np.stack([a]), np.stack([a, b])][i % 3]
+        scalars = [[7], [], [8, 7], [7, 7]][i % 4]
+        items.append(Item(i, None, torch.from_numpy(layers.astype(np.int32)), scalars, sh, sw))
+    return items
+
+
+def _tally_arrays(feats, items, thresholds, union, batch=3, **flags):
+    primary = np.array([-1, 0, 0, 1, 1, 1, -1, 2, 2])
+    t = Tally(feats.shape[1], primary, 3, thresholds, union)
+    for name, value in flags.items():
+        setattr(t, name, value)
+    for s in range(0, len(items), batch):
+        t.update(feats[s : s + batch], items[s : s + batch])
+    return t.arrays()
+
+
+def _assert_same(got, want):
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+SIZES = [((7, 7), (112, 112)), ((13, 13), (113, 113)), ((4, 5), (13, 17)), ((1, 1), (9, 7)), ((2, 3), (17, 29)), ((14, 14), (7, 7)), ((5, 6), (5, 6)), ((1, 2), (300, 260))]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}-{sh}x{sw}" for (h, w), (sh, sw) in SIZES])
+def test_tiled_upsampling_counts_equal_full_upsampling(size):
+    (h, w), (sh, sw) = size
+    rng = np.random.default_rng(h * 100 + sw)
+    units = 6
+    x = rng.standard_normal((7, units, h, w)).astype(np.float32)
+    x[:, 3:] = np.maximum(x[:, 3:], 0) * 4  # ReLU-like units on another scale
+    x[:, 5] = np.where(rng.random((7, h, w)) < 0.05, x[:, 5], 0)  # mostly zero: its threshold is 0
+    feats = torch.from_numpy(x)
+    thresholds = np.quantile(x.transpose(1, 0, 2, 3).reshape(units, -1), 0.9, axis=1).astype(np.float32)
+    assert thresholds[5] == 0
+    items = _random_items(rng, 7, sh, sw)
+    for union in UNIONS:
+        want = _tally_arrays(feats, items, thresholds, union, _full=True)
+        assert want["active_pixels"].sum() > 0
+        _assert_same(_tally_arrays(feats, items, thresholds, union), want)
+        _assert_same(_tally_arrays(feats, items, thresholds, union, _by_pair=True), want)
+
+
+def test_tiled_upsampling_in_small_chunks(monkeypatch):
+    import dissect.tally as tally_module
+
+    rng = np.random.default_rng(5)
+    feats = torch.from_numpy(rng.standard_normal((6, 8, 7, 7)).astype(np.float32))
+    thresholds = np.quantile(feats.transpose(0, 1).reshape(8, -1).numpy(), 0.8, axis=1).astype(np.float32)
+    items = _random_items(rng, 6, 40, 40)
+    want = _tally_arrays(feats, items, thresholds, "ndlite", batch=6, _full=True)
+    monkeypatch.setattr(tally_module, "_CHUNK", 700)  # several chunks of pairs, and parts of them
+    _assert_same(_tally_arrays(feats, items, thresholds, "ndlite", batch=6), want)
+
+
+def test_pixels_at_the_threshold_are_decided_by_full_upsampling(monkeypatch):
+    import dissect.tally as tally_module
+
+    calls = []
+    full = tally_module._full_active
+
+    def spy(maps, thr, sh, sw):
+        calls.append(len(maps))
+        return full(maps, thr, sh, sw)
+
+    rng = np.random.default_rng(11)
+    units, sh, sw = 4, 50, 37
+    thresholds = np.array([0.7, 1 / 3, 2.5, -0.1], np.float32)
+    x = rng.uniform(-1, 3, (5, units, 6, 6)).astype(np.float32)
+    for u, t in enumerate(thresholds):
+        # Cells equal to the threshold, or one float step either side, next to larger ones: the
+        # interpolated values there are the threshold up to rounding, which kernels may round apart.
+        near = [t, np.nextafter(t, np.float32(9)), np.nextafter(t, np.float32(-9))]
+        x[:3, u, :3, :3] = rng.choice(near, (3, 3, 3))
+        x[:3, u, 2:4, 2:5] = t
+    feats = torch.from_numpy(x)
+    items = _random_items(rng, 5, sh, sw)
+    for union in UNIONS:
+        want = _tally_arrays(feats, items, thresholds, union, _full=True)
+        calls.clear()
+        monkeypatch.setattr(tally_module, "_full_active", spy)
+        got = _tally_arrays(feats, items, thresholds, union)
+        monkeypatch.setattr(tally_module, "_full_active", full)
+        _assert_same(got, want)
+        assert calls, "no pair was handed to full upsampling"
+        assert sum(calls) <= 3 * units  # only pairs with doubtful pixels: those of the first 3 images
+
+
+def test_tiled_tally_equals_slow_loop_on_upsampled_maps():
+    rng = np.random.default_rng(3)
+    primary = np.array([-1, 0, 0, 1, 1, 1, -1, 2, 2])
+    feats = torch.from_numpy(rng.standard_normal((5, 4, 7, 7)).astype(np.float32))
+    thresholds = np.quantile(feats.transpose(0, 1).reshape(4, -1).numpy(), 0.85, axis=1).astype(np.float32)
+    items = _random_items(rng, 5, 56, 56)
+    for union in UNIONS:
+        got = _tally_arrays(feats, items, thresholds, union)
+        truth, inter, act = slow_tally(feats, items, thresholds, primary, 3, union)
+        np.testing.assert_array_equal(got["truth"], truth)
+        np.testing.assert_array_equal(got["intersection"], inter)
+        np.testing.assert_array_equal(got["activation"], act)
