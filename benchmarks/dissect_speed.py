@@ -41,7 +41,7 @@ from concepts import progress  # noqa: E402
 from concepts.broden.reader import open_dataset  # noqa: E402
 from dissect.data import loader, stack_images  # noqa: E402
 from dissect.models import NORMALIZATIONS, load_model  # noqa: E402
-from dissect.run import DissectConfig, dissect  # noqa: E402
+from dissect.run import DissectConfig, default_workers, dissect  # noqa: E402
 
 LABELS = {1: ("red-c", "color"), 2: ("green-c", "color"), 3: ("blue-c", "color"), 4: ("box", "object"), 5: ("disc", "object"), 6: ("bar", "object"), 7: ("top", "part"), 8: ("edge", "part"), 9: ("indoor-s", "scene"), 10: ("outdoor-s", "scene")}
 
@@ -164,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=default_workers(), help="loader processes (default: as concepts dissect)")
     ap.add_argument("--keep", type=Path, default=None, help="Keep the dataset and results here.")
     ap.add_argument("--memory", default="", help="Comma-separated dataset sizes whose peak memory to compare, each in a fresh process (e.g. 1000,4000).")
     ap.add_argument("--memory-only", type=int, default=0, help=argparse.SUPPRESS)

@@ -169,7 +169,7 @@ class HubDataset(ConceptDataset):
         with Image.open(io.BytesIO(self.png_bytes(relpath))) as im:
             if im.mode != "RGB":
                 raise DatasetFormatError(f"label PNG must be 8-bit RGB, got mode {im.mode}", path=self.folder, item=relpath)
-            return fmt.decode_rg(np.asarray(im))
+            return fmt.decode_rg_image(im)
 
 
 def open_hf(spec: str | Path, **kwargs: Any) -> HubDataset:

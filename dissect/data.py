@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from concepts.errors import ConceptsError, DatasetFormatError, UsageError
 
@@ -98,6 +98,21 @@ class _Images(Dataset):
 
 
 def _collate(items: list[Item]) -> list[Item]:
+    # Items leave a worker through shared memory, one segment per storage: sending each item's
+    # tensors on their own costs more than decoding them, so a batch shares one storage per kind.
+    if get_worker_info() is None:
+        return items
+    for kind in ("image", "layers"):
+        tensors = [getattr(it, kind) for it in items if getattr(it, kind) is not None]
+        if len(tensors) < 2 or len({t.dtype for t in tensors}) > 1:
+            continue
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        offset = 0
+        for it in items:
+            t = getattr(it, kind)
+            if t is not None:
+                setattr(it, kind, flat[offset : offset + t.numel()].view(t.shape))
+                offset += t.numel()
     return items
 
 

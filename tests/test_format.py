@@ -51,3 +51,13 @@ def test_category_cell_and_names() -> None:
     assert fmt.segmentation_name("ADE_1", "part", 2, 3) == "ADE_1_part_2.png"
     assert fmt.segmentation_name("ADE_1", "object", 1, 1) == "ADE_1_object.png"
     assert fmt.code_file("color") == "c_color.csv"
+
+
+def test_decode_rg_image_matches_the_array_codec() -> None:
+    from PIL import Image
+
+    labels = np.random.default_rng(0).integers(0, fmt.MAX_RG + 1, size=(5, 7))
+    im = Image.fromarray(fmt.encode_rg(labels), "RGB")
+    decoded = fmt.decode_rg_image(im)
+    assert decoded.dtype == np.int32 and decoded.shape == (5, 7)
+    assert np.array_equal(decoded, labels)

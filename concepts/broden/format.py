@@ -28,8 +28,12 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 INDEX_FIXED_COLUMNS: tuple[str, ...] = ("image", "split", "ih", "iw", "sh", "sw")
 CATEGORY_COLUMNS: tuple[str, ...] = ("name", "first", "last", "count", "frequency")
@@ -81,6 +85,13 @@ def decode_rg(rgb: np.ndarray) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[2] < 2:
         raise ValueError(f"expected an H x W x 3 image, got shape {rgb.shape}")
     return rgb[..., 0].astype(np.int32) + (rgb[..., 1].astype(np.int32) << 8)
+
+
+def decode_rg_image(im: "Image.Image") -> np.ndarray:
+    """Decode an opened RGB label PNG to int32 label numbers, in one pass over its pixels."""
+    # Read as little-endian RGBX words: the low 16 bits are R + 256 * G.
+    words = np.frombuffer(im.tobytes("raw", "RGBX"), dtype=np.uint32).reshape(im.height, im.width)
+    return (words & 0xFFFF).view(np.int32)
 
 
 def split_hash(image: str) -> float:

@@ -274,7 +274,7 @@ class ConceptDataset:
             with Image.open(path) as im:
                 if im.mode != "RGB":
                     raise DatasetFormatError(f"label PNG must be 8-bit RGB, got mode {im.mode}", path=path)
-                return fmt.decode_rg(np.asarray(im))
+                return fmt.decode_rg_image(im)
         except FileNotFoundError:
             raise DatasetFormatError("label PNG is missing", path=path) from None
 

@@ -49,7 +49,7 @@ def dissect(
     normalize: Annotated[str, typer.Option("--normalize", help="imagenet, netdissect (reference), none, or m1,m2,m3/s1,s2,s3.")] = "imagenet",
     thresholds: Annotated[Optional[list[str]], typer.Option("--thresholds", help="Per-unit thresholds .npy (FILE for every layer, or LAYER=FILE).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 32,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding images and labels.")] = 2,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader processes decoding images and labels (default: cores - 1, at most 8).")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     split: Annotated[Optional[str], typer.Option("--split", help="Only images of this split.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images.")] = None,
