@@ -243,8 +243,11 @@ def test_end_to_end_build_and_cli(task: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["build", "--from", str(archive), "-o", str(tmp_path / "cli"), "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "skipped 1 annotation(s): polyline" in result.output
-    result = CliRunner().invoke(app, ["build", "--from", str(task), "-o", str(tmp_path / "p"), "--print-concepts"])
+    result = CliRunner().invoke(app, ["build", "--from", str(task), "--print-concepts"])  # no -o needed
     assert result.exit_code == 0, result.output
+    assert not (tmp_path / "p").exists()
+    missing = CliRunner().invoke(app, ["build", "--from", str(task)])
+    assert missing.exit_code == 2 and "-o/--output" in missing.output
     assert '"door": {category: object, name: "door", synonyms: []}  # 1 shapes' in result.output
     assert '"indoor": {category: scene' in result.output
     assert '"material": drop  # values: wood x1' in result.output

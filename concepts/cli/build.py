@@ -43,7 +43,7 @@ def _parse_from(spec: str) -> tuple[str | None, Path]:
 @app.command(epilog=EPILOG)
 def build(
     sources: Annotated[list[str], typer.Option("--from", help="A source: PATH (format detected) or FORMAT=PATH; repeatable.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the dataset to.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder to write the dataset to (required unless --print-concepts).")] = None,
     recipe: Annotated[Optional[str], typer.Option(help="Preset: 'broden' (min frequency 10, min coverage 0.5, train 0.7/val 0.3, OpenSurfaces supplies material and colour).")] = None,
     size: Annotated[Optional[str], typer.Option(help="Resize images to N or HxW (aspect ignored, as Broden); default: keep sizes.")] = None,
     seg_size: Annotated[Optional[str], typer.Option(help="Segmentation size N or HxW; default: half of --size, else the image size.")] = None,
@@ -65,6 +65,8 @@ def build(
     """Build a Broden-format concept dataset from one or more sources."""
     from concepts.unify import BuildOptions, build_dataset
 
+    if output is None and not print_concepts:
+        raise UsageError("give the output folder with -o/--output")
     preset = RECIPES.get(recipe or "", {})
     if recipe and not preset:
         raise UsageError(f"unknown recipe {recipe!r}", hint=f"known recipes: {', '.join(RECIPES)}")
