@@ -70,8 +70,11 @@ def capture(model: nn.Module, names: Sequence[str], *, stop_early: bool = True) 
                 return  # a module called twice keeps its first output
             if not isinstance(output, torch.Tensor):
                 raise ModelError(f"layer {name!r} outputs a {type(output).__name__}, not a tensor")
-            store[name] = output.detach()
-            if stop_early and wanted.issubset(store):
+            done = stop_early and wanted.issubset(store.keys() | {name})
+            # A later in-place module (ReLU(inplace=True)) would overwrite a kept reference; the
+            # last layer needed ends the forward pass, so only it can be kept without a copy.
+            store[name] = output.detach() if done else output.detach().clone()
+            if done:
                 raise _Enough
 
         return hook

@@ -283,3 +283,18 @@ def test_tiled_tally_equals_slow_loop_on_upsampled_maps():
         np.testing.assert_array_equal(got["truth"], truth)
         np.testing.assert_array_equal(got["intersection"], inter)
         np.testing.assert_array_equal(got["activation"], act)
+
+
+@pytest.mark.parametrize("stop_early", [True, False])
+def test_captured_layer_survives_a_later_inplace_relu(stop_early: bool) -> None:
+    from dissect.hooks import capture
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(inplace=True), torch.nn.Conv2d(4, 4, 1)).eval()
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        expected = model[0](x)
+        with capture(model, ["0", "2"], stop_early=stop_early) as cap:
+            got = cap(x)
+    assert expected.min() < 0
+    assert torch.equal(got["0"], expected)
