@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from concepts.errors import SourceItemError
+from concepts.labelcount import present_ids
 from concepts.records import Record
 
 log = logging.getLogger(__name__)
@@ -62,16 +63,6 @@ def read_id_channel(path: Path, *, what: str = "annotation") -> np.ndarray:
     return arr.astype(np.int32)
 
 
-def ade_class_map(rgb: np.ndarray, path: Path) -> np.ndarray:
-    """ADE20K class ids of an RG-encoded ``_seg.png``/``_parts_N.png``: ``(R // 10) * 256 + G``."""
-    red = rgb[..., 0]
-    if np.any(red % 10):
-        # MATLAB's converter rounds R/10; real files hold multiples of 10, so floor is equal there.
-        log.warning("%s: red values that are not multiples of 10; class ids use R // 10", path)
-    # uint16 holds every class (at most 25 * 256 + 255) at half the memory traffic of int32.
-    return ((red // 10).astype(np.uint16) << 8) | rgb[..., 1]
-
-
 def image_size(path: Path) -> tuple[int, int] | None:
     """``(width, height)`` from an image header without decoding it, or None when unreadable."""
     try:
@@ -79,20 +70,6 @@ def image_size(path: Path) -> tuple[int, int] | None:
             return im.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
-
-
-def unknown_ids(ids: np.ndarray, known: int) -> list[int]:
-    """The ids of a label array that fall outside ``1..known`` (0 is unlabeled), sorted."""
-    values = np.unique(ids)
-    return [int(v) for v in values if v < 0 or v > known]
-
-
-def present_ids(layer: np.ndarray) -> list[int]:
-    """The distinct non-zero ids of a label array, ascending."""
-    flat = layer.ravel()
-    if flat.size and 0 <= flat.min() and flat.max() < 1 << 20:
-        return [int(i) for i in np.flatnonzero(np.bincount(flat)) if i]
-    return [int(i) for i in np.unique(flat) if i]
 
 
 def candidate_dirs(path: Path, preferred: str) -> list[Path]:

@@ -497,8 +497,8 @@ class _Validator:
             self.error("empty-table", "lists no image", table.path)
         if len(sizes) > 1:
             common = ", ".join(f"{w}x{h} ({n})" for (h, w), n in sizes.most_common(4))
-            self.warn("mixed-sizes", f"images come in {len(sizes)} sizes ({common}); NetDissect-Lite batches need one "
-                      "size (concepts dissect resizes)", table.path)
+            self.warn("mixed-sizes", f"images come in {len(sizes)} sizes ({common}); NetDissect-Lite and concepts dissect "
+                      "need one size (rebuild with --size)", table.path)
         splits = Counter(row.get("split") or "" for row in table.rows)
         self.stats["images"] = len(table.rows)
         self.stats["splits"] = dict(sorted(splits.items()))

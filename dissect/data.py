@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from concepts.errors import ConceptsError, DatasetFormatError, UsageError
@@ -68,7 +69,7 @@ class _Images(Dataset):
             return self._load(i, sample)
         except ConceptsError as e:
             return Item(i, None, None, [], 0, 0, error=e)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL reports truncated files as SyntaxError or OSError
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL reports truncated files as SyntaxError or OSError
             return Item(i, None, None, [], 0, 0, error=DatasetFormatError(f"cannot read: {e}", item=str(getattr(sample, "image", i))))
 
     def _load(self, i: int, sample: Any) -> Item:

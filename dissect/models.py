@@ -64,6 +64,19 @@ def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]] | 
     return mean, std
 
 
+def parse_device(text: str) -> torch.device:
+    """A ``--device`` value as a torch device, refusing what this machine cannot run."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {text!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text}: no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {text}: only cpu and cuda are supported")
+    return device
+
+
 def file_hash(path: Path) -> str:
     """SHA-256 (first 16 hex digits) of a file, read in chunks."""
     h = hashlib.sha256()

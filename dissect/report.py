@@ -69,7 +69,7 @@ def unit_strips(run: Run, layer: str, *, dataset: Path | None = None, device: st
     from concepts.hub import open_any
     from dissect.data import loader, stack_images
     from dissect.hooks import capture
-    from dissect.models import load_model, parse_normalize
+    from dissect.models import load_model, parse_device, parse_normalize
 
     topk = run.topk(layer)
     if topk.empty:
@@ -110,7 +110,7 @@ def unit_strips(run: Run, layer: str, *, dataset: Path | None = None, device: st
     th, tw = tile, max(1, round(tile * iw / ih))
     tiles: dict[tuple[int, int], np.ndarray] = {}
     mismatched = 0
-    dev = torch.device(device)
+    dev = parse_device(device)
     model = loaded.module.to(dev)
     data = loader(ds, subset, [], mean_std=parse_normalize(params.get("normalize", args.get("normalize", "imagenet"))), images=True, labels=False, batch_size=batch_size, workers=0)
     with capture(model, [layer]) as grab:
@@ -296,6 +296,10 @@ def write_report(
     run: Run | None = None,
 ) -> list[Path]:
     """Write the HTML report of each layer of a run, its figures and tables into ``out``; return the files."""
+    if images:
+        from dissect.models import parse_device
+
+        parse_device(device)  # before any page is written
     r = run or load_run(run_dir)
     chosen = list(layers) if layers else list(r.layers)
     for layer in chosen:

@@ -24,7 +24,7 @@ from concepts.hub import HF_PREFIX, HubDataset, is_hf_folder, open_any
 from concepts.errors import ConceptsError, DatasetFormatError, UsageError
 from dissect.features import FeatureStore
 from dissect.hooks import check_layers
-from dissect.models import file_hash, load_model, parse_normalize
+from dissect.models import file_hash, load_model, parse_device, parse_normalize
 from dissect.results import atomic_write, layer_files, write_json, write_layer
 from dissect.tally import UNIONS, Tally
 from dissect.thresholds import ExactQuantile
@@ -83,8 +83,7 @@ def _check(cfg: DissectConfig) -> None:
         cfg.workers = default_workers()
     if cfg.batch_size < 1 or cfg.workers < 0 or cfg.top_k < 0 or (cfg.limit is not None and cfg.limit < 1):
         raise UsageError("--batch-size and --limit must be positive, --workers and --top-k not negative")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
+    parse_device(cfg.device)
     unknown = [k for k in cfg.thresholds if k and k not in cfg.layers]
     if unknown:
         raise UsageError(f"--thresholds for {', '.join(unknown)}, which is not a --layer")
@@ -224,6 +223,9 @@ def dissect(cfg: DissectConfig) -> dict[str, Any]:
         "recomputed": todo,
     }
     if todo:
+        # Forget the layers about to be rewritten first: an interrupt while their files are
+        # replaced must not leave the old arguments beside the new files.
+        write_json(run_path, record)
         key = _key({k: params[k] for k in todo})
         timings, record["resumed"] = _compute(cfg, ds, samples, categories, loaded.module, todo, mean_std, out, summaries, key)
         for layer in todo:
@@ -301,7 +303,7 @@ class _Every:
 
 def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, out: Path, summaries: dict[str, Any], key: str) -> tuple[dict[str, float], dict[str, Any]]:
     """The three steps for ``layers`` in shared passes over the data; return timings and what was resumed."""
-    device = torch.device(cfg.device)
+    device = parse_device(cfg.device)
     timings: dict[str, float] = {}
     work = _Work(out, key)
     resumed: dict[str, Any] = {}

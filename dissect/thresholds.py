@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from concepts.errors import ModelError
+
 _HIST, _COLLECT, _EDGE, _DONE = 0, 1, 2, 3
 
 
@@ -89,7 +91,9 @@ class ExactQuantile:
         count = cum.gather(1, b1[:, None])[:, 0] - before
         ok = (self.below <= self.k0) & (cum[:, -1] > self.k1)
         if bool(((self.mode != _DONE) & ~ok).any()):
-            raise RuntimeError("quantile search lost its target rank (activations changed between passes?)")
+            raise ModelError("the layer's activations changed between passes over the data, so exact thresholds "
+                             "cannot be found", hint="raise --cache-gb so features are cached, not recomputed, "
+                             "or make the model deterministic (eval mode, no dropout)")
         collect = self.mode == _COLLECT
         if bool(collect.any()):
             self._read(collect, before)
@@ -111,7 +115,8 @@ class ExactQuantile:
         narrow = hist & ~small & ~split
         if bool(narrow.any()):
             if self.passes >= self.max_passes:
-                raise RuntimeError("quantile search did not converge")
+                raise ModelError(f"exact thresholds not found in {self.max_passes} passes over the data",
+                                 hint="the activations may hold NaN or change between passes; try --thresholds FILE")
             step = (self.hi - self.lo) / self.bins
             margin = step * 1e-3
             new_lo = torch.maximum(self.lo + b0 * step - margin, self.lo)
@@ -124,7 +129,7 @@ class ExactQuantile:
     def _start(self) -> None:
         self.first = False
         if self.n == 0:
-            raise RuntimeError("no activations were seen")
+            raise ModelError("the layer produced no activations (no images, or empty feature maps)")
         dev = self.min.device
         rank = (self.n - 1) * self.level
         self.k0 = int(np.floor(rank))

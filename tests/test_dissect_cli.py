@@ -28,13 +28,6 @@ def _cwd(monkeypatch):
 
 
 def invoke(*args):
-    import logging
-
-    # The root callback installs its stderr handler once; CliRunner swaps stderr per call.
-    for name in ("concepts", "builders", "dissect"):
-        lg = logging.getLogger(name)
-        for h in [h for h in lg.handlers if getattr(h, "_concepts_cli", False)]:
-            lg.removeHandler(h)
     result = CliRunner().invoke(app, ["dissect", *map(str, args)])
     return result, result.output
 
@@ -83,6 +76,13 @@ def test_bad_options(toy, tmp_path):
     one_error_line(result, "colour")
     np.save(tmp_path / "t.npy", np.zeros(3, np.float32))
     result, _ = invoke(toy, *BASE, "--layer", "pool", "--thresholds", tmp_path / "t.npy", "-o", tmp_path / "out")
+    one_error_line(result, "3 thresholds but layer pool has 4 units")
+    result, _ = invoke(toy, *BASE, "--layer", "pool", "--device", "gpu", "-o", tmp_path / "out")
+    one_error_line(result, "--device 'gpu'")
+    odd = tmp_path / "q=0.1"
+    odd.mkdir()
+    np.save(odd / "t.npy", np.zeros(3, np.float32))  # a file for every layer, though its path holds '='
+    result, _ = invoke(toy, *BASE, "--layer", "pool", "--thresholds", odd / "t.npy", "-o", tmp_path / "out")
     one_error_line(result, "3 thresholds but layer pool has 4 units")
 
 

@@ -323,7 +323,11 @@ def test_label_counts_are_remembered_per_layer_object_and_bounded() -> None:
 
 def test_read_bands_match_rgb_channels_and_report_the_same_errors(tmp_path: Path) -> None:
     from builders._bands import ade_classes, read_bands, red_not_tens
-    from builders._raster import ade_class_map, read_rgb_channels
+    from builders._raster import read_rgb_channels
+
+    def ade_class_map(rgb: np.ndarray, path: Path) -> np.ndarray:
+        """FORMATS.md B.1 stated plainly: class = (R // 10) * 256 + G."""
+        return (rgb[..., 0].astype(np.int64) // 10) * 256 + rgb[..., 1]
 
     rng = np.random.default_rng(5)
     rgb = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)

@@ -25,8 +25,9 @@ Running the same command again resumes an interrupted run and skips layers alrea
 def _thresholds(values: list[str] | None) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for v in values or []:
-        layer, sep, path = v.rpartition("=")
-        if sep and layer:
+        layer, sep, path = v.partition("=")
+        # A file whose name holds '=' is still one file for every layer.
+        if sep and layer and not Path(v).is_file():
             out[layer] = Path(path)
         else:
             out[""] = Path(v)
