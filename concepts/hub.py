@@ -186,6 +186,8 @@ def open_any(spec: str | Path, **kwargs: Any) -> ConceptDataset:
         return ConceptDataset(path)
     if is_hf_folder(path):
         return HubDataset(path)
+    if (path / fmt.CATEGORY_FILE).is_file() or (path / fmt.LABEL_FILE).is_file():
+        return ConceptDataset(path)  # a broken Broden folder: its errors name the missing file
     if not path.exists():
         raise DatasetFormatError("no such dataset folder", path=path, hint="give a Broden folder, a published folder or hf://OWNER/NAME")
     raise DatasetFormatError("neither a Broden folder (index.csv) nor a published dataset (data/*.parquet, tables/index.csv)",

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from concepts.broden.reader import ConceptDataset
-from concepts.hub import HF_PREFIX, HubDataset, is_hf_folder, open_any
+from concepts.hub import HubDataset, open_any
 from concepts.errors import ConceptsError, DatasetFormatError, UsageError
 from dissect.features import FeatureStore
 from dissect.hooks import check_layers
@@ -90,16 +89,6 @@ def _check(cfg: DissectConfig) -> None:
     for path in cfg.thresholds.values():
         if not Path(path).is_file():
             raise UsageError("--thresholds file not found", path=path)
-
-
-def _open(spec: str | Path) -> Any:
-    """Open the dataset; a local folder that is not a published one is read as Broden, so its errors name the file."""
-    if isinstance(spec, str) and spec.startswith(HF_PREFIX):
-        return open_any(spec)
-    path = Path(spec)
-    if path.is_dir() and not is_hf_folder(path):
-        return ConceptDataset(path)
-    return open_any(path)
 
 
 def _preflight(ds: Any, samples: list[Any], categories: list[str]) -> None:
@@ -177,7 +166,7 @@ def dissect(cfg: DissectConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     try:
-        ds = _open(cfg.dataset)
+        ds = open_any(cfg.dataset)
     except OSError as e:
         raise DatasetFormatError(f"cannot read dataset: {e.strerror or e}", path=cfg.dataset) from None
     categories = list(cfg.categories) if cfg.categories else list(ds.category_names)

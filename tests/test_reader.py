@@ -59,3 +59,11 @@ def test_reader_names_the_broken_file(dataset: Path) -> None:
     (dataset / "c_part.csv").unlink()
     with pytest.raises(DatasetFormatError, match="c_part.csv: file is missing"):
         open_dataset(dataset)
+
+
+def test_open_any_names_the_missing_table_of_a_broken_broden_folder(dataset: Path) -> None:
+    from concepts.hub import open_any
+
+    (dataset / "index.csv").unlink()
+    with pytest.raises(DatasetFormatError, match=r"index.csv: file is missing"):
+        open_any(dataset)
