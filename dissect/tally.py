@@ -31,6 +31,7 @@ _CHUNK = 1 << 22  # upsampled elements per chunk (16 MB): bounds memory whatever
 # values): with the same weights, two float32 evaluations of the bilinear formula in different
 # orders differ by a few units of 2**-24 of it (at most 4.3 measured on CPU kernels); this is 32.
 _KAPPA = 2.0**-19
+_INT32 = 2**31  # index values below this are kept in int32, much faster than int64 in these small steps
 
 
 class _Axis(NamedTuple):
@@ -40,6 +41,7 @@ class _Axis(NamedTuple):
     w0: torch.Tensor  # size x n_in float32: weight of source t at each output index of tile t (NaN past its end)
     w1: torch.Tensor  # size x n_in float32: weight of source t + 1 (0 where only t counts; NaN past the end)
     exists: torch.Tensor  # n_in bool: tiles holding at least one output index
+    count: torch.Tensor  # n_in: the number of output indices of each tile
     size: int  # the largest tile
     ok: bool  # the weights have the bilinear form (else upsample in full)
 
@@ -65,7 +67,7 @@ def _read_axis(n_in: int, n_out: int, dim: int, device: torch.device) -> _Axis:
     at = (start + pos[:, None]).clamp(max=n_out - 1)
     # NaN weights past a tile's end make every comparison false, so no mask is needed.
     past = pos[:, None] >= count
-    return _Axis(start, w0[at].masked_fill(past, float("nan")), w1[at].masked_fill(past, float("nan")), count > 0, size, ok)
+    return _Axis(start, w0[at].masked_fill(past, float("nan")), w1[at].masked_fill(past, float("nan")), count > 0, count, size, ok)
 
 
 def _full_active(maps: torch.Tensor, thr: torch.Tensor, sh: int, sw: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,27 +94,33 @@ def _hot_tiles(maps: torch.Tensor, thr: torch.Tensor, rows: _Axis, cols: _Axis) 
     hi = _pairs_max(_pairs_max(maps, 1), 2)
     # The margin for rounding, from the map's largest magnitude rather than each tile's: looser, cheaper.
     low = thr - _KAPPA * maps.abs().amax(dim=(1, 2))
-    sel = (hi > low[:, None, None]) & rows.exists[:, None] & cols.exists
+    sel = (hi > low[:, None, None]) & (rows.exists[:, None] & cols.exists)  # the small mask first: one pass over the maps
     k, t, s = sel.nonzero(as_tuple=True)
     return k, t, s
 
 
-def _span(ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Start and length of the smallest interval holding each column's true entries (length 0 when none)."""
+def _span(ok: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start and length (of type ``dtype``) of the smallest interval holding each column's true entries (length 0 when none)."""
     n = ok.shape[0]
     # Small integer types: their elementwise products and reductions are many times faster here.
-    dtype = torch.uint8 if n < 255 else torch.int32
-    rank = torch.arange(1, n + 1, dtype=dtype, device=ok.device)[:, None]
-    okn = ok.to(dtype)
-    end = (okn * rank).amax(0).long()  # last + 1, or 0
-    from_end = (okn * (n + 1 - rank)).amax(0).long()  # n - first, or 0
+    small = torch.uint8 if n < 255 else torch.int32
+    rank = torch.arange(1, n + 1, dtype=small, device=ok.device)[:, None]
+    okn = ok.to(small)
+    end = (okn * rank).amax(0).to(dtype)  # last + 1, or 0
+    from_end = (okn * (n + 1 - rank)).amax(0).to(dtype)  # n - first, or 0
     return n - from_end, (end + from_end - n).clamp(min=0)
 
 
 def _expand(n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For ``n[i]`` entries per item ``i``: each entry's item and its position among the item's entries."""
-    item = torch.repeat_interleave(n)
-    pos = torch.arange(len(item), device=n.device) - (torch.cumsum(n, 0) - n).index_select(0, item)
+    """For ``n[i]`` entries per item ``i``: each entry's item and its position among the item's entries (in ``n``'s type)."""
+    end = torch.cumsum(n, 0, dtype=n.dtype)
+    total = int(end[-1]) if len(n) else 0
+    start = end - n
+    # Each entry's item is the number of items starting at or before it, less one (items with
+    # no entries share their start with the next). In int32 this is several times faster than
+    # repeat_interleave, which works in int64.
+    item = torch.cumsum(torch.bincount(start, minlength=total + 1)[:total], 0, dtype=n.dtype) - 1
+    pos = torch.arange(total, dtype=n.dtype, device=n.device) - start.index_select(0, item)
     return item, pos
 
 
@@ -122,14 +130,16 @@ def _tile_active(maps: torch.Tensor, thr: torch.Tensor, tiles: Sequence[torch.Te
     Equal to :func:`_full_active` on the same maps: a pixel within rounding of its threshold
     hands its map to it.
     """
-    k, t, s = tiles
-    k = k - p0
     P, h, w = maps.shape
-    K = len(k)
+    K = len(tiles[0])
+    # int32 indices where they fit: gathers, arithmetic and counting run several times faster.
+    idx = torch.int32 if max(maps.numel(), K * rows.size * cols.size, sh * sw) < _INT32 else torch.long
+    k, t, s = (v.to(idx) for v in tiles)
+    k = k - p0
     flat = maps.reshape(-1)
     t0 = k * (h * w) + t * w
-    t1 = t0 + (t < h - 1) * w  # the next source row, or the same one at the edge
-    s1 = s + (s < w - 1)
+    t1 = t0 + (t < h - 1).to(idx) * w  # the next source row, or the same one at the edge
+    s1 = s + (s < w - 1).to(idx)
     a, b, c, d = (flat.index_select(0, i) for i in (t0 + s, t0 + s1, t1 + s, t1 + s1))
     T = thr.index_select(0, k)
     mag = torch.maximum(torch.maximum(a.abs(), b.abs()), torch.maximum(c.abs(), d.abs()))
@@ -141,17 +151,17 @@ def _tile_active(maps: torch.Tensor, thr: torch.Tensor, tiles: Sequence[torch.Te
     # its two end values, so it can only exceed the threshold where one of them nearly does:
     # the pixels to compute lie in a box of rows and columns.
     top, bottom = a * w0 + b * w1, c * w0 + d * w1
-    x0, nx = _span(torch.maximum(top, bottom) > low)
-    y0, ny = _span(torch.maximum(a * h0 + c * h1, b * h0 + d * h1) > low)
+    x0, nx = _span(torch.maximum(top, bottom) > low, idx)
+    y0, ny = _span(torch.maximum(a * h0 + c * h1, b * h0 + d * h1) > low, idx)
     ny = torch.where(nx > 0, ny, 0)
     # The boxes' rows, then their pixels (flat tables are indexed position * K + tile).
     rt, dy = _expand(ny)
     jy = y0.index_select(0, rt) + dy
     fy = jy * K + rt
     hr0, hr1 = h0.view(-1).index_select(0, fy), h1.view(-1).index_select(0, fy)
-    tile_k = torch.arange(K, device=maps.device)
+    tile_k = torch.arange(K, dtype=idx, device=maps.device)
     fx0 = (x0 * K + tile_k).index_select(0, rt)
-    pix0 = (rows.start.index_select(0, t) * sw + cols.start.index_select(0, s) + x0).index_select(0, rt) + jy * sw
+    pix0 = (rows.start.to(idx).index_select(0, t) * sw + cols.start.to(idx).index_select(0, s) + x0).index_select(0, rt) + jy * sw
     Tr, band = T.index_select(0, rt), ((2 * _KAPPA) * mag).index_select(0, rt)
     r, dx = _expand(nx.index_select(0, rt))
     fx = fx0.index_select(0, r) + dx * K
@@ -175,10 +185,10 @@ def _tile_active(maps: torch.Tensor, thr: torch.Tensor, tiles: Sequence[torch.Te
             redo = torch.unique(j[amb])
             bad = torch.zeros(P, dtype=torch.bool, device=maps.device)
             bad[redo] = True
-            active &= ~bad[j]
+            active &= ~bad.index_select(0, j)
             jr, pr = _full_active(maps[redo], thr[redo], sh, sw)
             keep = active.nonzero()[:, 0]
-            return torch.cat([j.index_select(0, keep), redo[jr]]), torch.cat([pix.index_select(0, keep), pr])
+            return torch.cat([j.index_select(0, keep), redo.to(idx)[jr]]), torch.cat([pix.index_select(0, keep), pr.to(idx)])
     keep = active.nonzero()[:, 0]
     return j.index_select(0, keep), pix.index_select(0, keep)
 
@@ -204,7 +214,11 @@ class Tally:
         self._cat = torch.where(self.primary >= 0, self.primary, self.nc).to(torch.int32)
         self._label_cat = torch.zeros(self.nl, self.nc + 1, device=self.device)
         self._label_cat[torch.arange(self.nl, device=self.device), self._cat] = 1
-        self._labels = torch.zeros(0, dtype=torch.int32, device=self.device)  # label buffer, reused from batch to batch
+        # Label buffer, reused from batch to batch, in the smallest type that holds every label
+        # (the loader checks them): the active pixels' labels are gathered from it long after it
+        # was written, and the smaller it is, the more of it is still in cache.
+        self._label_type = torch.uint8 if self.nl <= 256 else torch.int16 if self.nl <= 2**15 else torch.int32
+        self._labels = torch.zeros(0, dtype=self._label_type, device=self.device)
         self.thresholds = torch.as_tensor(np.asarray(thresholds, np.float32), device=self.device)
         self.truth, self.inter, self.act_cat, self.act_units = self._zeros()
         self.images = 0
@@ -223,7 +237,10 @@ class Tally:
         return torch.bincount(keys, minlength=rows * (self.nc + 1)).view(rows, self.nc + 1)[:, : self.nc] > 0
 
     def update(self, feats: torch.Tensor, items: Sequence[Item]) -> None:
-        """Add one batch: ``feats`` is ``B x U x h x w`` for ``items`` in the same order."""
+        """Add one batch: ``feats`` is ``B x U x h x w`` for ``items`` in the same order.
+
+        Label numbers must lie in ``0..len(primary) - 1``, as :func:`dissect.data.loader` checks.
+        """
         feats = feats.to(self.device, torch.float32)
         groups: dict[tuple[int, int], list[int]] = {}
         for b, it in enumerate(items):
@@ -266,7 +283,7 @@ class Tally:
         depth = max(it.layers.shape[0] for it in items)
         depth = max(depth, 1)
         if self._labels.numel() < B * npix * depth:
-            self._labels = torch.empty(B * npix * depth, dtype=torch.int32, device=dev)
+            self._labels = torch.empty(B * npix * depth, dtype=self._label_type, device=dev)
         labels = self._labels[: B * npix * depth].view(B, depth, npix)
         per_image = torch.zeros(B, nl, dtype=torch.long, device=dev)
         for b, it in enumerate(items):
@@ -315,8 +332,11 @@ class Tally:
             pb, pu = hot[s : s + step, 0], hot[s : s + step, 1]
             maps, t = feats[pb, pu], thr[pu]
             tiles = _hot_tiles(maps, t, rows_ax, cols_ax)
-            # Parts of whole pairs whose selected tiles hold at most about _CHUNK pixels, to bound memory.
-            cost = torch.bincount(tiles[0], minlength=len(pb)) * (rows_ax.size * cols_ax.size)
+            # Parts of whole pairs whose selected tiles hold at most about _CHUNK pixels, to bound
+            # memory: a tile's pixels, or its tables' entries if more (edge tiles can be short).
+            tile_map, tile_row, tile_col = tiles
+            tile_cost = torch.clamp(rows_ax.count.index_select(0, tile_row) * cols_ax.count.index_select(0, tile_col), min=rows_ax.size + cols_ax.size)
+            cost = torch.zeros(len(pb), dtype=torch.long, device=dev).index_add_(0, tile_map, tile_cost)
             part = (torch.cumsum(cost, 0) - cost) // _CHUNK
             p0 = 0
             for n in torch.unique_consecutive(part, return_counts=True)[1].tolist():
@@ -337,23 +357,27 @@ class Tally:
         _, inter, act_cat, act_units = delta
         labels, img_counts, scal_cat, img_cat = ctx
         nl, nc, p = self.nl, self.nc, len(pb)
+        # int32 throughout where it fits: int64 gathers, broadcasts and bincounts are several
+        # times slower here.
+        depth, npix = labels.shape[1:]
+        idx = torch.int32 if max(labels.numel(), max(p, self.units) * max(nl, nc + 1)) < _INT32 else torch.long
+        j = j.to(idx)
         n_act = torch.bincount(j, minlength=p)
         act_units.index_add_(0, pu, n_act)
-        depth, npix = labels.shape[1:]
-        at = pb.index_select(0, j) * (depth * npix) + pix
-        layer = torch.arange(depth, device=self.device) * npix
-        lab = labels.view(-1).index_select(0, (at[:, None] + layer).view(-1)).view(-1, depth)  # active pixels x label layers
+        at = pb.to(idx).index_select(0, j) * (depth * npix) + pix.to(idx)
+        # Label layers x active pixels: broadcasting along the long axis is the fast way round.
+        layer = torch.arange(0, depth * npix, npix, dtype=idx, device=self.device)
+        lab = labels.view(-1).index_select(0, (layer[:, None] + at).view(-1)).view(depth, -1)
         inter2 = inter.view(self.units, nl)
-        # int32 keys (the labels' type): mixing int64 into this broadcast is several times slower.
         if p * nl <= lab.numel() or self._by_pair:
             # Few pairs and labels: count per pair and label once, which gives both the
             # intersections and the categories present under each pair's active pixels.
-            by_pair = torch.bincount((j.to(torch.int32)[:, None] * nl + lab).view(-1), minlength=p * nl).view(p, nl)
+            by_pair = torch.bincount((lab + j * nl).view(-1), minlength=p * nl).view(p, nl)
             inter2.index_add_(0, pu, by_pair)
             under = ((by_pair > 0).float() @ self._label_cat)[:, :nc] > 0
         else:
-            inter += torch.bincount((pu.index_select(0, j).to(torch.int32)[:, None] * nl + lab).view(-1), minlength=self.units * nl)
-            under = self._presence(j.to(torch.int32)[:, None].expand_as(lab).reshape(-1), lab.view(-1), p) if self.union == "ndlite" else None
+            inter += torch.bincount((lab + pu.to(idx).index_select(0, j) * nl).view(-1), minlength=self.units * nl)
+            under = self._presence(j.expand_as(lab).reshape(-1), lab.view(-1).to(idx), p) if self.union == "ndlite" else None
         if img_counts is not None:
             inter2.index_add_(0, pu, n_act[:, None] * img_counts[pb])
         if self.union == "ndlite":

@@ -271,6 +271,63 @@ def test_pixels_at_the_threshold_are_decided_by_full_upsampling(monkeypatch):
         assert sum(calls) <= 3 * units  # only pairs with doubtful pixels: those of the first 3 images
 
 
+def test_int64_indices_give_the_same_counts(monkeypatch):
+    import dissect.tally as tally_module
+
+    rng = np.random.default_rng(8)
+    feats = torch.from_numpy(rng.standard_normal((5, 6, 7, 7)).astype(np.float32))
+    thresholds = np.quantile(feats.transpose(0, 1).reshape(6, -1).numpy(), 0.85, axis=1).astype(np.float32)
+    items = _random_items(rng, 5, 45, 38)
+    want = {union: _tally_arrays(feats, items, thresholds, union, _full=True) for union in UNIONS}
+    monkeypatch.setattr(tally_module, "_INT32", 0)  # as if the sizes did not fit int32
+    for union in UNIONS:
+        assert want[union]["active_pixels"].sum() > 0
+        _assert_same(_tally_arrays(feats, items, thresholds, union), want[union])
+        _assert_same(_tally_arrays(feats, items, thresholds, union, _by_pair=True), want[union])
+
+
+@pytest.mark.parametrize("nl", [300, 40000])
+def test_label_numbers_past_small_types_count_the_same(nl):
+    # The label buffer takes the smallest type for the number of labels: the same labels under
+    # large numbers (16 and 32 bits) must give the same counts as under small ones (8 bits).
+    rng = np.random.default_rng(nl)
+    feats = torch.from_numpy(rng.standard_normal((5, 4, 7, 7)).astype(np.float32))
+    thresholds = np.quantile(feats.transpose(0, 1).reshape(4, -1).numpy(), 0.85, axis=1).astype(np.float32)
+    items = _random_items(rng, 5, 30, 33)
+    small = np.array([-1, 0, 0, 1, 1, 1, -1, 2, 2])
+    big_of = np.array([0, nl - 1, 255, 256, 257, nl - 2, 297, 32767 % nl, 32768 % nl])
+    assert len(set(big_of)) == len(big_of)
+    primary = np.full(nl, -1)
+    primary[big_of] = small
+    big_items = [Item(it.index, None, torch.from_numpy(big_of[it.layers.numpy()].astype(np.int32)), [int(big_of[n]) for n in it.scalars], it.sh, it.sw) for it in items]
+    for union in UNIONS:
+        want = _tally_arrays(feats, items, thresholds, union)
+        t = Tally(4, primary, 3, thresholds, union)
+        for b in range(0, 5, 2):
+            t.update(feats[b : b + 2], big_items[b : b + 2])
+        got = t.arrays()
+        assert want["active_pixels"].sum() > 0
+        np.testing.assert_array_equal(got["truth"][big_of[1:]], want["truth"][1:])
+        assert got["truth"].sum() == want["truth"][1:].sum()
+        np.testing.assert_array_equal(got["intersection"][:, big_of], want["intersection"])
+        np.testing.assert_array_equal(got["activation"][:, big_of], want["activation"])
+        for name in ("activation_category", "active_pixels"):
+            np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.long])
+def test_expand_equals_repeat_interleave(dtype):
+    from dissect.tally import _expand
+
+    for counts in ([], [0], [0, 0, 0], [3], [0, 2, 0, 0, 1, 4, 0], [1, 1, 1], [5, 0]):
+        n = torch.tensor(counts, dtype=dtype)
+        item, pos = _expand(n)
+        want = torch.repeat_interleave(torch.arange(len(counts)), n.long())
+        assert item.dtype == dtype and pos.dtype == dtype
+        assert item.tolist() == want.tolist(), counts
+        assert pos.tolist() == [i for c in counts for i in range(c)], counts
+
+
 def test_tiled_tally_equals_slow_loop_on_upsampled_maps():
     rng = np.random.default_rng(3)
     primary = np.array([-1, 0, 0, 1, 1, 1, -1, 2, 2])
