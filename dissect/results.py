@@ -56,9 +56,8 @@ def best_labels(iou: np.ndarray, primary: np.ndarray, num_categories: int) -> tu
     return label, score, best
 
 
-def tally_rows(arrays: dict[str, np.ndarray], primary: np.ndarray, categories: Sequence[str], label_names: Sequence[str]) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray]:
+def tally_rows(arrays: dict[str, np.ndarray], iou: np.ndarray, primary: np.ndarray, categories: Sequence[str], label_names: Sequence[str]) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray]:
     """The reference's ``tally.csv`` rows (sorted by score, descending) plus per-unit summaries."""
-    iou = compute_iou(arrays)
     label, score, best = best_labels(iou, primary, len(categories))
     units = iou.shape[0]
     u = np.arange(units)
@@ -102,13 +101,14 @@ def write_layer(
 ) -> dict[str, Any]:
     """Write a layer's tally CSV, matrices, thresholds and top-k images; return its summary."""
     files = {k: out / v for k, v in layer_files(layer).items()}
-    rows, unit_label, unit_score, best = tally_rows(arrays, primary, categories, label_names)
+    iou = compute_iou(arrays)
+    rows, unit_label, unit_score, best = tally_rows(arrays, iou, primary, categories, label_names)
     fields = ["unit", "category", "label", "score"] + [f"{c}-{f}" for c in categories for f in ("label", "truth", "activation", "intersect", "iou")]
     atomic_write(files["tally"], _csv(fields, rows))
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
-        iou=compute_iou(arrays).astype(np.float32),
+        iou=iou.astype(np.float32),
         intersection=arrays["intersection"],
         activation=arrays["activation"],
         truth=arrays["truth"],
