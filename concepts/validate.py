@@ -561,8 +561,7 @@ class _Validator:
         if rgb[..., 2].any():
             problems.append(("blue-channel", f"blue channel is non-zero in {int(np.count_nonzero(rgb[..., 2]))} pixel(s); "
                              "label PNGs keep blue 0"))
-        numbers = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1].astype(np.int64)
-        values, counts = np.unique(numbers, return_counts=True)
+        values, counts = np.unique(fmt.decode_rg(rgb), return_counts=True)
         seen.numbers, seen.counts = values, counts
         return problems, seen
 
