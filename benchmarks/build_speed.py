@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fake_sources import random_sources  # noqa: E402
 
-from builders.ade20k import Ade20k2016Builder  # noqa: E402
-from builders.dtd import DtdBuilder  # noqa: E402
-from builders.opensurfaces import OpenSurfacesBuilder  # noqa: E402
-from builders.pascal import PascalBuilder  # noqa: E402
+from concepts.builders.ade20k import Ade20k2016Builder  # noqa: E402
+from concepts.builders.dtd import DtdBuilder  # noqa: E402
+from concepts.builders.opensurfaces import OpenSurfacesBuilder  # noqa: E402
+from concepts.builders.pascal import PascalBuilder  # noqa: E402
 from concepts import progress  # noqa: E402
 from concepts.unify import PNG_OPTIONS, BuildOptions, build_dataset  # noqa: E402
 

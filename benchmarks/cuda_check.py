@@ -31,10 +31,10 @@ from dissect_speed import make_dataset  # noqa: E402
 
 from concepts import progress  # noqa: E402
 from concepts.broden.reader import open_dataset  # noqa: E402
-from dissect.data import loader, stack_images  # noqa: E402
-from dissect.models import NORMALIZATIONS, load_model  # noqa: E402
-from dissect.run import DissectConfig, dissect  # noqa: E402
-from dissect.tally import Tally  # noqa: E402
+from concepts.dissect.data import loader, stack_images  # noqa: E402
+from concepts.dissect.models import NORMALIZATIONS, load_model  # noqa: E402
+from concepts.dissect.run import DissectConfig, dissect  # noqa: E402
+from concepts.dissect.tally import Tally  # noqa: E402
 
 
 def read_tally(path: Path) -> dict[str, dict[str, str]]:

@@ -39,9 +39,9 @@ from synth import SynthRow, write_broden  # noqa: E402
 
 from concepts import progress  # noqa: E402
 from concepts.broden.reader import open_dataset  # noqa: E402
-from dissect.data import loader, stack_images  # noqa: E402
-from dissect.models import NORMALIZATIONS, load_model  # noqa: E402
-from dissect.run import DissectConfig, default_workers, dissect  # noqa: E402
+from concepts.dissect.data import loader, stack_images  # noqa: E402
+from concepts.dissect.models import NORMALIZATIONS, load_model  # noqa: E402
+from concepts.dissect.run import DissectConfig, default_workers, dissect  # noqa: E402
 
 LABELS = {1: ("red-c", "color"), 2: ("green-c", "color"), 3: ("blue-c", "color"), 4: ("box", "object"), 5: ("disc", "object"), 6: ("bar", "object"), 7: ("top", "part"), 8: ("edge", "part"), 9: ("indoor-s", "scene"), 10: ("outdoor-s", "scene")}
 

@@ -10,24 +10,24 @@ import importlib
 from pathlib import Path
 from typing import TypeVar
 
-from builders.base import Builder, Detection
+from concepts.builders.base import Builder, Detection
 from concepts.errors import SourceError, UsageError
 
 B = TypeVar("B", bound=type[Builder])
 
 _REGISTRY: dict[str, type[Builder]] = {}
 _MODULES: tuple[str, ...] = (
-    "builders.folder",
-    "builders.ade20k",
-    "builders.ade20k_scene_parsing",
-    "builders.pascal",
-    "builders.opensurfaces",
-    "builders.dtd",
-    "builders.cvat",
-    "builders.coco",
-    "builders.cvat_mask",
-    "builders.labelme",
-    "builders.labelme_json",
+    "concepts.builders.folder",
+    "concepts.builders.ade20k",
+    "concepts.builders.ade20k_scene_parsing",
+    "concepts.builders.pascal",
+    "concepts.builders.opensurfaces",
+    "concepts.builders.dtd",
+    "concepts.builders.cvat",
+    "concepts.builders.coco",
+    "concepts.builders.cvat_mask",
+    "concepts.builders.labelme",
+    "concepts.builders.labelme_json",
 )
 _loaded = False
 

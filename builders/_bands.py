@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from builders._raster import read_rgb_channels
+from concepts.builders._raster import read_rgb_channels
 
 #: ``R // 10`` for every red value: the ADE20K class high byte (FORMATS.md B.1).
 _TENTHS = [v // 10 for v in range(256)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from builders.base import Builder
+from concepts.builders.base import Builder
 from concepts.archive import export_folder
 from concepts.mapping import Inventory, LabelIds, load_mapping
 

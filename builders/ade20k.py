@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from builders import register
-from builders._bands import ade_classes, read_bands, red_not_tens
-from builders._raster import candidate_dirs
-from builders.base import Builder, Detection
+from concepts.builders import register
+from concepts.builders._bands import ade_classes, read_bands, red_not_tens
+from concepts.builders._raster import candidate_dirs
+from concepts.builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError
 from concepts.labelcount import present_ids
 from concepts.records import Record, names_tuple

@@ -19,9 +19,9 @@ import csv
 import logging
 from pathlib import Path
 
-from builders import register
-from builders._raster import candidate_dirs, read_id_channel
-from builders.base import Builder
+from concepts.builders import register
+from concepts.builders._raster import candidate_dirs, read_id_channel
+from concepts.builders.base import Builder
 from concepts.errors import SourceError, SourceItemError
 from concepts.labelcount import present_ids
 from concepts.records import Record, names_tuple

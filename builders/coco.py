@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as cocomask
 
-from builders import register
-from builders._raster import Shape, box_points, check_canvas, finite_points, paint_record, shape_mask
-from builders._export import ExportBuilder
-from builders.base import Detection
+from concepts.builders import register
+from concepts.builders._raster import Shape, box_points, check_canvas, finite_points, paint_record, shape_mask
+from concepts.builders._export import ExportBuilder
+from concepts.builders.base import Detection
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record
 

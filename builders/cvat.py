@@ -26,10 +26,10 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml.common import DefusedXmlException
 
-from builders import register
-from builders._raster import Shape, box_points, check_canvas, finite_points, paint_record
-from builders._export import ExportBuilder
-from builders.base import Detection
+from concepts.builders import register
+from concepts.builders._raster import Shape, box_points, check_canvas, finite_points, paint_record
+from concepts.builders._export import ExportBuilder
+from concepts.builders.base import Detection
 from concepts import progress
 from concepts.errors import SourceError, SourceItemError, UnsafeInputError
 from concepts.records import Record

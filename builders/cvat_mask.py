@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from builders import register
-from builders._raster import header_size, read_image_array
-from builders.base import Builder, Detection
+from concepts.builders import register
+from concepts.builders._raster import header_size, read_image_array
+from concepts.builders.base import Builder, Detection
 from concepts.archive import export_folder
 from concepts.errors import SourceError, SourceItemError
 from concepts.mapping import Inventory, LabelIds, load_mapping

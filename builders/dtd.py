@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from builders import register
-from builders._raster import candidate_dirs
-from builders.base import Builder
+from concepts.builders import register
+from concepts.builders._raster import candidate_dirs
+from concepts.builders.base import Builder
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from builders import register
-from builders.base import Builder, Detection
+from concepts.builders import register
+from concepts.builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record
 

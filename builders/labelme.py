@@ -27,10 +27,10 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 from defusedxml.common import DefusedXmlException
 
-from builders import register
-from builders._raster import Shape, check_canvas, finite_points, header_size, paint_record, read_image_array, shape_mask
-from builders._export import ExportBuilder
-from builders.base import Detection
+from concepts.builders import register
+from concepts.builders._raster import Shape, check_canvas, finite_points, header_size, paint_record, read_image_array, shape_mask
+from concepts.builders._export import ExportBuilder
+from concepts.builders.base import Detection
 from concepts import progress
 from concepts.errors import SourceError, SourceItemError, UnsafeInputError
 from concepts.records import Record

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from builders import register
-from builders._raster import MAX_PIXELS, Shape, box_points, check_canvas, finite_points, paint_record, shape_mask
-from builders._export import ExportBuilder
-from builders.base import Detection
+from concepts.builders import register
+from concepts.builders._raster import MAX_PIXELS, Shape, box_points, check_canvas, finite_points, paint_record, shape_mask
+from concepts.builders._export import ExportBuilder
+from concepts.builders.base import Detection
 from concepts import progress
 from concepts.errors import SourceItemError
 from concepts.records import Record

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from builders import register
-from builders._bands import read_bands
-from builders._raster import candidate_dirs, image_size
-from builders.base import Builder
+from concepts.builders import register
+from concepts.builders._bands import read_bands
+from concepts.builders._raster import candidate_dirs, image_size
+from concepts.builders.base import Builder
 from concepts.errors import SourceError, SourceItemError, UsageError
 from concepts.labelcount import present_ids
 from concepts.records import Record

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from builders import register
-from builders.base import Builder, Detection
+from concepts.builders import register
+from concepts.builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError, UsageError
 from concepts.labelcount import intp_scratch, present_ids
 from concepts.records import Record

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from builders.base import Builder
+from concepts.builders.base import Builder
 from concepts import progress
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from builders.base import Builder
+from concepts.builders.base import Builder
 from concepts import progress
 from concepts.broden import format as fmt
 from concepts.broden.writer import IndexRow, write_readme, write_syns, write_tables

@@ -6,6 +6,6 @@ layers (:mod:`dissect.hooks`, :mod:`dissect.features`), per-unit thresholds
 :mod:`dissect.run` ties them together. DISSECTION.md is the specification.
 """
 
-from dissect.run import DissectConfig, dissect
+from concepts.dissect.run import DissectConfig, dissect
 
 __all__ = ["DissectConfig", "dissect"]

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from concepts.progress import progress
-from dissect.data import Item, loader, stack_images
-from dissect.hooks import capture
+from concepts.dissect.data import Item, loader, stack_images
+from concepts.dissect.hooks import capture
 
 log = logging.getLogger(__name__)
 

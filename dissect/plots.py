@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from concepts.errors import UsageError
-from dissect.results import atomic_write, layer_files
+from concepts.dissect.results import atomic_write, layer_files
 
 #: Column names of the per-category table, in order.
 CATEGORY_COLUMNS = ["run", "layer", "category", "units", "detectors", "unique_concepts", "detectors_pct"]

@@ -27,8 +27,8 @@ from PIL import Image
 
 from concepts.errors import DatasetFormatError, ModelError, UsageError
 from concepts.progress import progress
-from dissect.plots import Run, detectors_per_category, detectors_per_concept, detectors_per_layer, load_run, plot_categories, plot_concepts, plot_layers, save_figure, unit_table
-from dissect.results import atomic_write, safe_name
+from concepts.dissect.plots import Run, detectors_per_category, detectors_per_concept, detectors_per_layer, load_run, plot_categories, plot_concepts, plot_layers, save_figure, unit_table
+from concepts.dissect.results import atomic_write, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ def unit_strips(run: Run, layer: str, *, dataset: Path | None = None, device: st
     import torch.nn.functional as F
 
     from concepts.hub import open_any
-    from dissect.data import loader, stack_images
-    from dissect.hooks import capture
-    from dissect.models import load_model, parse_device, parse_normalize
+    from concepts.dissect.data import loader, stack_images
+    from concepts.dissect.hooks import capture
+    from concepts.dissect.models import load_model, parse_device, parse_normalize
 
     topk = run.topk(layer)
     if topk.empty:
@@ -297,7 +297,7 @@ def write_report(
 ) -> list[Path]:
     """Write the HTML report of each layer of a run, its figures and tables into ``out``; return the files."""
     if images:
-        from dissect.models import parse_device
+        from concepts.dissect.models import parse_device
 
         parse_device(device)  # before any page is written
     r = run or load_run(run_dir)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from dissect.tally import iou as compute_iou
+from concepts.dissect.tally import iou as compute_iou
 
 
 def safe_name(layer: str) -> str:

@@ -21,12 +21,12 @@ import torch
 
 from concepts.hub import HubDataset, open_any
 from concepts.errors import ConceptsError, DatasetFormatError, UsageError
-from dissect.features import FeatureStore
-from dissect.hooks import check_layers
-from dissect.models import file_hash, load_model, parse_device, parse_normalize
-from dissect.results import atomic_write, layer_files, write_json, write_layer
-from dissect.tally import UNIONS, Tally
-from dissect.thresholds import ExactQuantile
+from concepts.dissect.features import FeatureStore
+from concepts.dissect.hooks import check_layers
+from concepts.dissect.models import file_hash, load_model, parse_device, parse_normalize
+from concepts.dissect.results import atomic_write, layer_files, write_json, write_layer
+from concepts.dissect.tally import UNIONS, Tally
+from concepts.dissect.thresholds import ExactQuantile
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dissect.data import Item
+from concepts.dissect.data import Item
 
 UNIONS = ("ndlite", "netdissect", "global")
 _CHUNK = 1 << 22  # upsampled elements per chunk (16 MB): bounds memory whatever the batch size

@@ -341,7 +341,7 @@ def render_part2ind(spec: list = PART2IND) -> str:
 
 def context_labels(count: int = 459) -> dict[int, str]:
     """A labels.txt vocabulary in the real numbering: the 59 common classes and ``unknown`` (431) in place."""
-    from builders.pascal import CONTEXT_59_INDICES, CONTEXT_59_NAMES
+    from concepts.builders.pascal import CONTEXT_59_INDICES, CONTEXT_59_NAMES
 
     labels = {i: f"thing {i}" for i in range(1, count + 1)}  # names with spaces, as 'traffic light'
     labels.update(zip(CONTEXT_59_INDICES, CONTEXT_59_NAMES))
@@ -377,7 +377,7 @@ def _struct_array(dtype: list, rows: list[tuple]) -> np.ndarray:
 
 def write_part_mat(path: Path, voc_id: str, objects: list[PartObject]) -> None:
     """Write ``anno`` as Annotations_Part holds it: imname and a 1xK ``objects`` struct array."""
-    from builders.pascal import VOC_CLASSES
+    from concepts.builders.pascal import VOC_CLASSES
 
     part_dt = [("part_name", "O"), ("mask", "O")]
     obj_dt = [("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from builders.folder import FolderBuilder
+from concepts.builders.folder import FolderBuilder
 from concepts.agreement import compare
 from concepts.cli import app
 from folder_source import solid, write_folder_source

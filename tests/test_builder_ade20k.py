@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import builders
-from builders.ade20k import Ade20k2016Builder, Ade20k2021Builder
-from builders.ade20k_scene_parsing import Ade20kSceneParsingBuilder
+from concepts import builders
+from concepts.builders.ade20k import Ade20k2016Builder, Ade20k2021Builder
+from concepts.builders.ade20k_scene_parsing import Ade20kSceneParsingBuilder
 from concepts.errors import SourceError, SourceItemError
 from fake_sources import AdeImage, photo, write_ade20k_2016, write_ade20k_2021, write_scene_parsing, write_v73_header
 

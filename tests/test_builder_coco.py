@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as cocomask
 
-import builders
-from builders.coco import CocoBuilder
+from concepts import builders
+from concepts.builders.coco import CocoBuilder
 from concepts.errors import SourceError, SourceItemError
 from fake_exports import rgb, save_image, write_coco, zip_folder
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import builders
-from builders.cvat import CvatBuilder
+from concepts import builders
+from concepts.builders.cvat import CvatBuilder
 from concepts.errors import SourceError, SourceItemError, UnsafeInputError
 from fake_exports import cvat_rle, rgb, save_image, write_cvat_xml, zip_folder
 
@@ -180,7 +180,7 @@ def test_zip_with_escaping_member(tmp_path: Path) -> None:
 
 
 def test_segmentation_mask_export(tmp_path: Path) -> None:
-    from builders.cvat_mask import CvatMaskBuilder
+    from concepts.builders.cvat_mask import CvatMaskBuilder
     from PIL import Image
 
     root = tmp_path / "smask"

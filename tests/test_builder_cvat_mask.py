@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import builders
-from builders.cvat_mask import CvatMaskBuilder
+from concepts import builders
+from concepts.builders.cvat_mask import CvatMaskBuilder
 from concepts.errors import SourceError
 from concepts.unify import BuildOptions, build_dataset
 from fake_exports import assert_valid, label_layers, rgb, save_image, zip_folder

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import builders
-from builders.dtd import DtdBuilder
+from concepts import builders
+from concepts.builders.dtd import DtdBuilder
 from concepts.errors import SourceError, SourceItemError
 from fake_sources import photo, write_dtd
 

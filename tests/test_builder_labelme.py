@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import builders
-from builders.labelme import LabelMeBuilder
-from builders.labelme_json import LabelmeJsonBuilder
+from concepts import builders
+from concepts.builders.labelme import LabelMeBuilder
+from concepts.builders.labelme_json import LabelmeJsonBuilder
 from concepts.errors import SourceItemError, UnsafeInputError
 from fake_exports import labelme_rgba_mask, png_bytes, rgb, save_image, write_labelme_json, write_labelme_xml
 

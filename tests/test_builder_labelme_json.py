@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import builders
-from builders.labelme_json import LabelmeJsonBuilder
+from concepts import builders
+from concepts.builders.labelme_json import LabelmeJsonBuilder
 from concepts.unify import BuildOptions, build_dataset
 from fake_exports import assert_valid, label_layers, png_bytes, rgb, save_image, write_labelme_json
 

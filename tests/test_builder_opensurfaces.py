@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import builders
-from builders.opensurfaces import OpenSurfacesBuilder, parse_supply, surface_names
+from concepts import builders
+from concepts.builders.opensurfaces import OpenSurfacesBuilder, parse_supply, surface_names
 from concepts.errors import SourceError, SourceItemError, UsageError
 from fake_sources import OsPhoto, photo, write_opensurfaces
 

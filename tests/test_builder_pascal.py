@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-import builders
-from builders.pascal import CONTEXT_59_NAMES, PascalBuilder, parse_part2ind, read_context_labels
+from concepts import builders
+from concepts.builders.pascal import CONTEXT_59_NAMES, PascalBuilder, parse_part2ind, read_context_labels
 from concepts.errors import SourceError, SourceItemError, UsageError
 from fake_sources import PartObject, PascalImage, context_labels, photo, render_part2ind, write_pascal, write_v73_header
 

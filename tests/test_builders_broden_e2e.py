@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from builders.ade20k import Ade20k2016Builder
-from builders.dtd import DtdBuilder
-from builders.opensurfaces import OpenSurfacesBuilder
-from builders.pascal import PascalBuilder
+from concepts.builders.ade20k import Ade20k2016Builder
+from concepts.builders.dtd import DtdBuilder
+from concepts.builders.opensurfaces import OpenSurfacesBuilder
+from concepts.builders.pascal import PascalBuilder
 from concepts import open_dataset
 from concepts.unify import BuildOptions, build_dataset
 from concepts.vocabulary import candidate_names

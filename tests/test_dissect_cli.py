@@ -108,12 +108,12 @@ def test_resume_does_not_recompute(toy, tmp_path):
 
 
 def test_resume_logs_reason(toy, tmp_path, caplog):
-    from dissect.run import DissectConfig, dissect
+    from concepts.dissect.run import DissectConfig, dissect
 
     cfg = DissectConfig(dataset=toy, layers=["pool"], out=tmp_path / "o", model="synth:red_unit_net", normalize="none", quantile=0.1, workers=0)
     dissect(cfg)
     cfg.union = "global"
-    with caplog.at_level("INFO", logger="dissect"):
+    with caplog.at_level("INFO", logger="concepts.dissect"):
         dissect(cfg)
     assert "union 'ndlite' -> 'global'" in caplog.text
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dissect.data import Item
-from dissect.run import DissectConfig, dissect
-from dissect.tally import UNIONS, Tally
-from dissect.thresholds import ExactQuantile
+from concepts.dissect.data import Item
+from concepts.dissect.run import DissectConfig, dissect
+from concepts.dissect.tally import UNIONS, Tally
+from concepts.dissect.thresholds import ExactQuantile
 from synth import SynthRow, toy_dataset, write_broden
 
 
@@ -227,7 +227,7 @@ def test_tiled_upsampling_counts_equal_full_upsampling(size):
 
 
 def test_tiled_upsampling_in_small_chunks(monkeypatch):
-    import dissect.tally as tally_module
+    import concepts.dissect.tally as tally_module
 
     rng = np.random.default_rng(5)
     feats = torch.from_numpy(rng.standard_normal((6, 8, 7, 7)).astype(np.float32))
@@ -239,7 +239,7 @@ def test_tiled_upsampling_in_small_chunks(monkeypatch):
 
 
 def test_pixels_at_the_threshold_are_decided_by_full_upsampling(monkeypatch):
-    import dissect.tally as tally_module
+    import concepts.dissect.tally as tally_module
 
     calls = []
     full = tally_module._full_active
@@ -272,7 +272,7 @@ def test_pixels_at_the_threshold_are_decided_by_full_upsampling(monkeypatch):
 
 
 def test_int64_indices_give_the_same_counts(monkeypatch):
-    import dissect.tally as tally_module
+    import concepts.dissect.tally as tally_module
 
     rng = np.random.default_rng(8)
     feats = torch.from_numpy(rng.standard_normal((5, 6, 7, 7)).astype(np.float32))
@@ -317,7 +317,7 @@ def test_label_numbers_past_small_types_count_the_same(nl):
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.long])
 def test_expand_equals_repeat_interleave(dtype):
-    from dissect.tally import _expand
+    from concepts.dissect.tally import _expand
 
     for counts in ([], [0], [0, 0, 0], [3], [0, 2, 0, 0, 1, 4, 0], [1, 1, 1], [5, 0]):
         n = torch.tensor(counts, dtype=dtype)
@@ -344,7 +344,7 @@ def test_tiled_tally_equals_slow_loop_on_upsampled_maps():
 
 @pytest.mark.parametrize("stop_early", [True, False])
 def test_captured_layer_survives_a_later_inplace_relu(stop_early: bool) -> None:
-    from dissect.hooks import capture
+    from concepts.dissect.hooks import capture
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(inplace=True), torch.nn.Conv2d(4, 4, 1)).eval()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dissect.run import DissectConfig, dissect
+from concepts.dissect.run import DissectConfig, dissect
 from synth import SynthRow, small_convnet, write_broden
 
 CATS = ["color", "object", "part", "scene"]

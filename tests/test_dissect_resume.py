@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from dissect.features import FeatureStore
-from dissect.run import DissectConfig, dissect
-from dissect.tally import Tally
+from concepts.dissect.features import FeatureStore
+from concepts.dissect.run import DissectConfig, dissect
+from concepts.dissect.tally import Tally
 from synth import toy_dataset
 
 N, BS = 12, 4

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from concepts.errors import ModelError, UsageError
-from dissect.models import load_model, parse_normalize
+from concepts.dissect.models import load_model, parse_normalize
 from synth import red_unit_net
 
 
@@ -112,7 +112,7 @@ def _offline(*args, **kwargs):
 
 
 def test_random_weights_warn(caplog):
-    with caplog.at_level(logging.WARNING, logger="dissect"):
+    with caplog.at_level(logging.WARNING, logger="concepts.dissect"):
         a = load_model("alexnet")
     assert "untrained network" in caplog.text
     _same(a.module, load_model("alexnet").module)  # seeded: the same random weights every run

@@ -97,7 +97,7 @@ def test_label_ids_are_stable() -> None:
 
 
 def test_starter_mapping_round_trips(tmp_path: Path) -> None:
-    from builders.cvat import CvatBuilder
+    from concepts.builders.cvat import CvatBuilder
     from fake_exports import write_cvat_xml
 
     write_cvat_xml(tmp_path / "e" / "annotations.xml", [{"name": "a.jpg", "width": 4, "height": 4, "shapes": [

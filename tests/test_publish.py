@@ -16,7 +16,7 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 from typer.testing import CliRunner
 
-from builders.folder import FolderBuilder
+from concepts.builders.folder import FolderBuilder
 from concepts import open_dataset
 from concepts.broden.reader import ConceptDataset
 from concepts.cli import app

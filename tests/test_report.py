@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from concepts.cli import app
 from concepts.errors import UsageError
-from dissect.plots import detectors_per_category, detectors_per_concept, detectors_per_layer, load_run, load_runs, plot_categories, plot_concepts, plot_layers, unit_table
-from dissect.report import DIM, OUTLINE, overlay, unit_strips, write_report
-from dissect.results import layer_files
+from concepts.dissect.plots import detectors_per_category, detectors_per_concept, detectors_per_layer, load_run, load_runs, plot_categories, plot_concepts, plot_layers, unit_table
+from concepts.dissect.report import DIM, OUTLINE, overlay, unit_strips, write_report
+from concepts.dissect.results import layer_files
 from synth import toy_dataset
 
 importlib.import_module("concepts.cli.report")  # registers `report` on the app until the lead adds it to _register()
@@ -229,7 +229,7 @@ def test_overlay_dims_outside_and_outlines_the_mask():
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    from dissect.run import DissectConfig, dissect
+    from concepts.dissect.run import DissectConfig, dissect
 
     root = tmp_path_factory.mktemp("real")
     ds = toy_dataset(root / "ds", n=8)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dissect.report import write_report
+from concepts.dissect.report import write_report
 from synth import toy_dataset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -37,7 +37,7 @@ def cards(dom: str) -> tuple[list[str], list[str]]:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from dissect.run import DissectConfig, dissect
+    from concepts.dissect.run import DissectConfig, dissect
 
     root = tmp_path_factory.mktemp("browser")
     ds = toy_dataset(root / "ds", n=8)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.base import Builder, Detection
-from builders.folder import FolderBuilder
+from concepts.builders.base import Builder, Detection
+from concepts.builders.folder import FolderBuilder
 from concepts import open_dataset
 from concepts.broden.format import split_hash
 from concepts.errors import OutputExistsError, SourceItemError
@@ -322,8 +322,8 @@ def test_label_counts_are_remembered_per_layer_object_and_bounded() -> None:
 
 
 def test_read_bands_match_rgb_channels_and_report_the_same_errors(tmp_path: Path) -> None:
-    from builders._bands import ade_classes, read_bands, red_not_tens
-    from builders._raster import read_rgb_channels
+    from concepts.builders._bands import ade_classes, read_bands, red_not_tens
+    from concepts.builders._raster import read_rgb_channels
 
     def ade_class_map(rgb: np.ndarray, path: Path) -> np.ndarray:
         """FORMATS.md B.1 stated plainly: class = (R // 10) * 256 + G."""

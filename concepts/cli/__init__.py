@@ -80,17 +80,15 @@ def _root(
     """Build, validate and publish concept datasets; dissect vision models against them."""
     _state["debug"] = debug
     level = logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO
+    # builders and dissect are installed as concepts.builders and concepts.dissect: one logger tree.
     logger = logging.getLogger("concepts")
     logger.setLevel(level)
-    for name in ("concepts", "builders", "dissect"):
-        lg = logging.getLogger(name)
-        lg.setLevel(level)
-        if not any(getattr(h, "_concepts_cli", False) for h in lg.handlers):
-            handler = _StderrHandler()
-            handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-            handler._concepts_cli = True  # type: ignore[attr-defined]
-            lg.addHandler(handler)
-            lg.propagate = False
+    if not any(getattr(h, "_concepts_cli", False) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler._concepts_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 def _register() -> None:

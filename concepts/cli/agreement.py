@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-import builders
+from concepts import builders
 from concepts.cli import app
 
 EPILOG = """Example:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-import builders
+from concepts import builders
 from concepts.broden.format import parse_splits
 from concepts.cli import app
 from concepts.cli.options import parse_size

@@ -60,8 +60,8 @@ def dissect(
     report: Annotated[bool, typer.Option("--report", help="Also write the HTML report and plots into OUT/report/.")] = False,
 ) -> None:
     """Label every unit of the given layers with the concept its activations segment best."""
-    from dissect.run import DissectConfig
-    from dissect.run import dissect as run
+    from concepts.dissect.run import DissectConfig
+    from concepts.dissect.run import dissect as run
 
     if not layer:
         raise UsageError("give at least one --layer")
@@ -80,7 +80,7 @@ def dissect(
         typer.echo(f"{name}: {summary['detectors']} of {summary['units']} units are detectors, {summary['unique_concepts']} unique concepts ({per_cat})")
     typer.echo(f"results in {out}")
     if report:
-        from dissect.report import write_report
+        from concepts.dissect.report import write_report
 
         written = write_report(Path(out), Path(out) / "report", device=device)
         pages = [p for p in written if p.suffix == ".html"]

@@ -33,9 +33,9 @@ def report(
     top: Annotated[int, typer.Option("--top", help="Concepts shown in the detectors-per-concept charts.")] = 20,
 ) -> None:
     """Write one offline HTML report per run and layer, with PNG and SVG figures and CSV tables."""
-    from dissect.plots import load_runs
-    from dissect.report import render_index, write_comparison, write_report
-    from dissect.results import atomic_write, safe_name
+    from concepts.dissect.plots import load_runs
+    from concepts.dissect.report import render_index, write_comparison, write_report
+    from concepts.dissect.results import atomic_write, safe_name
 
     if top < 1:
         raise UsageError("--top must be positive")
