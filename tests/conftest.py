@@ -18,3 +18,21 @@ def _no_progress():
     progress.set_enabled(False)
     yield
     progress.set_enabled(None)
+
+
+# Property-based fuzzing: a bounded number of examples in the normal run, more on demand
+# (CONCEPTS_FUZZ_EXAMPLES=5000 pytest tests -k fuzz); a failure prints the minimal input.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "concepts",
+        max_examples=int(os.environ.get("CONCEPTS_FUZZ_EXAMPLES", "60")),
+        deadline=None,
+        derandomize=not os.environ.get("CONCEPTS_FUZZ_EXAMPLES"),
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        print_blob=True,
+    )
+    settings.load_profile("concepts")
+except ImportError:  # hypothesis comes with the test extras
+    pass

@@ -7,7 +7,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
@@ -76,9 +76,16 @@ _state = {"debug": False}
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print errors."),
+    max_pixels: Optional[int] = typer.Option(
+        None, "--max-pixels", min=1, envvar="CONCEPTS_MAX_PIXELS",
+        help="Largest width x height read from any file or option (default: Pillow's bomb limit, 89,478,485).",
+    ),
 ) -> None:
     """Build, validate and publish concept datasets; dissect vision models against them."""
+    from concepts.limits import set_max_pixels
+
     _state["debug"] = debug
+    set_max_pixels(max_pixels)
     level = logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO
     # builders and dissect are installed as concepts.builders and concepts.dissect: one logger tree.
     logger = logging.getLogger("concepts")
