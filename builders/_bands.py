@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from concepts.builders._raster import read_rgb_channels
+from concepts.builders._raster import check_canvas, read_rgb_channels
+from concepts.errors import SourceItemError
 
 #: ``R // 10`` for every red value: the ADE20K class high byte (FORMATS.md B.1).
 _TENTHS = [v // 10 for v in range(256)]
@@ -24,15 +25,20 @@ def read_bands(path: Path, bands: Sequence[int], *, what: str = "annotation") ->
     """The given bands (0 red, 1 green, 2 blue) of an 8-bit RGB(A) label image, as ``L`` images.
 
     Errors are the ones :func:`builders._raster.read_rgb_channels` raises (a missing file, an
-    undecodable file, a mode other than 8-bit RGB), with the same messages.
+    undecodable file, a mode other than 8-bit RGB), with the same messages, and the pixel limit
+    of :mod:`concepts.limits` (reason ``image too large``).
     """
     try:
         with Image.open(path) as im:
             if im.mode in ("RGB", "RGBA"):
+                # The one pixel limit, before decoding (Pillow itself only refuses twice its limit).
+                check_canvas(im.width, im.height, path, what=what)
                 im.load()
                 return [im.getchannel(b) for b in bands]
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        pass  # the general reader below reports the problem the standard way
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, SourceItemError):
+            raise
+        # the general reader below reports the problem the standard way
     rgb = read_rgb_channels(path, what=what)
     return [Image.fromarray(np.ascontiguousarray(rgb[..., b]), "L") for b in bands]
 

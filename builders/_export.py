@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from concepts.builders.base import Builder
 from concepts.archive import export_folder
+from concepts.errors import SourceItemError, UsageError
 from concepts.mapping import Inventory, LabelIds, load_mapping
 
 
@@ -17,7 +19,7 @@ class ExportBuilder(Builder):
         super().__init__(root, options)
         self.folder = export_folder(self.root)
         self.mapping = load_mapping(self.options.get("concepts"))
-        self.ids = LabelIds()
+        self.ids = LabelIds(self.root)
         self.inv = Inventory()
         self._parsed: list[Any] | None = None
 
@@ -38,3 +40,22 @@ class ExportBuilder(Builder):
         """Label, tag and attribute counts (for a starter mapping)."""
         self._parse()
         return self.inv
+
+
+def contained(root: Path, path: Path, *, where: Path, element: str) -> Path:
+    """``path`` when it (symlinks resolved) stays inside the export ``root``; else a SourceItemError.
+
+    The error names the annotation file ``where`` and the ``element`` that named the path, and
+    is counted as ``path outside the export`` (skipped, or fatal under ``--strict``).
+    """
+    text = str(path)
+    if "\0" in text:
+        raise SourceItemError(f"{element}: path {text[:200]!r} holds a NUL byte", path=where, reason="bad path")
+    try:
+        real, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    except (OSError, ValueError) as e:
+        raise SourceItemError(f"{element}: cannot resolve {text[:200]!r}: {e}", path=where, reason="bad path") from None
+    if not real.is_relative_to(base):
+        raise SourceItemError(f"{element}: names {text[:200]!r}, outside the export {str(root)[:200]!r}; not read",
+                              path=where, reason="path outside the export")
+    return path

@@ -8,6 +8,8 @@ unifier skips that item (or stops under ``--strict``) with one line naming the f
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from PIL import Image
 
 from concepts.errors import SourceItemError
 from concepts.labelcount import present_ids
+from concepts.limits import check_pixels
 from concepts.records import Record
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,22 @@ def candidate_dirs(path: Path, preferred: str) -> list[Path]:
     return out
 
 
+def inside_input(root: Path, path: Path, *, what: str = "file", item: str | None = None) -> Path:
+    """``path`` if it (symlinks resolved) lies inside the input ``root``; else a SourceItemError to skip it."""
+    text = str(path)
+    if "\0" in text:
+        raise SourceItemError(f"{what} path {text[:80]!r} holds a NUL byte", path=root, item=item, reason="bad path")
+    try:
+        real = Path(os.path.realpath(path))
+        base = Path(os.path.realpath(root))
+    except (OSError, ValueError) as e:
+        raise SourceItemError(f"cannot resolve the {what} path: {e}", path=root, item=item, reason="bad path") from None
+    if real != base and base not in real.parents:
+        raise SourceItemError(f"{what} {text[:200]!r} lies outside the input; not read",
+                              path=root, item=item, reason="path outside the input")
+    return path
+
+
 # --- Vector shapes (CVAT, COCO, LabelMe, labelme) -------------------------------------------------
 #
 # Fill rule, used for every polygon of every format: a pixel belongs to a shape when its CENTRE
@@ -91,25 +110,15 @@ def candidate_dirs(path: Path, preferred: str) -> list[Path]:
 # Coordinates are in pixels with the origin at the top-left corner of the top-left pixel, so a box
 # from (2, 1) to (6, 4) covers columns 2..5 and rows 1..3 (4 x 3 = its area).
 
-#: Largest canvas (width x height) a builder allocates; bigger declared sizes are refused as bombs.
-MAX_PIXELS = 250_000_000
-
 
 def check_canvas(width: object, height: object, path: Path, *, what: str = "image") -> tuple[int, int]:
     """Validate a declared ``width x height`` before allocating anything; return ``(height, width)``."""
+    # The one pixel limit (concepts.limits); non-numbers, inf and 1e400 are refused there too.
     try:
-        w, h = int(float(str(width))), int(float(str(height)))
-    except (TypeError, ValueError):
-        raise SourceItemError(f"{what} size {width!r} x {height!r} is not a number", path=path, reason="bad image size") from None
-    if w <= 0 or h <= 0:
-        raise SourceItemError(f"{what} size {w} x {h} is empty", path=path, reason="bad image size")
-    if w * h > MAX_PIXELS:
-        raise SourceItemError(
-            f"{what} size {w} x {h} = {w * h} pixels exceeds the limit of {MAX_PIXELS} (decompression bomb?)",
-            path=path,
-            reason="image too large",
-        )
-    return h, w
+        return check_pixels(width, height, what=what, path=path, error=SourceItemError)
+    except SourceItemError as e:
+        reason = "image too large" if "exceeds the limit" in e.message else "bad image size"
+        raise SourceItemError(e.message, path=path, reason=reason) from None
 
 
 def header_size(path: Path, *, what: str = "image") -> tuple[int, int]:
@@ -137,27 +146,47 @@ def finite_points(points: object) -> np.ndarray | None:
 
 def polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
     """Rasterise a closed polygon (``N x 2`` x, y) with the even-odd rule at pixel centres, clipped."""
-    out = np.zeros((height, width + 1), dtype=np.uint8)
+    out = np.zeros((height, width), dtype=bool)
     if len(points) < 3:
-        return out[:, :width].astype(bool)
+        return out
     x0, y0 = points[:, 0], points[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    x1, y1 = np.concatenate([x0[1:], x0[:1]]), np.concatenate([y0[1:], y0[:1]])
+    xs, ys = sorted(set(x0.tolist())), sorted(set(y0.tolist()))
+    corners = len(points) == 4 and len(xs) == len(ys) == 2 and len(set(zip(x0.tolist(), y0.tolist()))) == 4
+    if corners and ((x0 == x1) | (y0 == y1)).all():
+        # An axis-aligned box (the common CVAT shape): the same pixels as the general rule below
+        # (centres in [left, right) x [top, bottom)), without its per-shape array work.
+        c0, c1 = (min(max(math.ceil(x - 0.5), 0), width) for x in xs)
+        r0, r1 = (min(max(math.ceil(y - 0.5), 0), height) for y in ys)
+        out[r0:r1, c0:c1] = True
+        return out
     lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
     # Row r (centre r + 0.5) crosses an edge when lo <= r + 0.5 < hi (half-open: vertices count once).
-    first = np.clip(np.ceil(lo - 0.5), 0, height).astype(np.int64)
-    last = np.clip(np.ceil(hi - 0.5), 0, height).astype(np.int64)
+    first = np.ceil(lo - 0.5).clip(0, height).astype(np.int64)
+    last = np.ceil(hi - 0.5).clip(0, height).astype(np.int64)
     counts = np.maximum(last - first, 0)
-    if not counts.sum():
-        return out[:, :width].astype(bool)
+    if not counts.any():
+        return out
     edge = np.repeat(np.arange(len(points)), counts)
     rows = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + first[edge]
     yc = rows + 0.5
-    t = (yc - y0[edge]) / (y1[edge] - y0[edge])
-    xc = x0[edge] + t * (x1[edge] - x0[edge])
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = (yc - y0[edge]) / (y1[edge] - y0[edge])
+        xc = x0[edge] + t * (x1[edge] - x0[edge])
+        bad = ~np.isfinite(xc)
+        if bad.any():
+            # Huge finite coordinates (1e308) overflow x1 - x0; the weighted mean cannot give inf - inf.
+            xc[bad] = np.nan_to_num((1 - t[bad]) * x0[edge][bad] + t[bad] * x1[edge][bad], nan=0.0)
     # Toggle from the first column whose centre lies right of the crossing; parity of the running sum.
-    cols = np.clip(np.ceil(xc - 0.5), 0, width).astype(np.int64)
-    np.add.at(out, (rows, cols), 1)
-    return (np.cumsum(out, axis=1, dtype=np.int64)[:, :width] & 1).astype(bool)
+    cols = np.ceil(xc - 0.5).clip(0, width).astype(np.int64)
+    # Only the polygon's bounding box is accumulated, so a small shape on a large canvas costs little.
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max())
+    if c0 >= c1:
+        return out
+    box = np.zeros((r1 - r0, c1 - c0 + 1), dtype=np.uint8)
+    np.add.at(box, (rows - r0, cols - c0), 1)
+    out[r0:r1, c0:c1] = (np.cumsum(box, axis=1, dtype=np.int64)[:, : c1 - c0] & 1).astype(bool)
+    return out
 
 
 def rotate_points(points: np.ndarray, cx: float, cy: float, degrees: float) -> np.ndarray:
@@ -198,17 +227,20 @@ def ellipse_mask(cx: float, cy: float, rx: float, ry: float, rotation: float, he
 def cvat_rle_mask(rle: str, left: object, top: object, box_w: object, box_h: object, height: int, width: int, path: Path) -> np.ndarray:
     """Decode a CVAT XML mask (runs over the box, row-major, background first), clipped to the image."""
     try:
-        runs = np.array([int(r) for r in str(rle).replace(" ", "").split(",") if r != ""], dtype=np.int64)
         x0, y0, bw, bh = (int(float(str(v))) for v in (left, top, box_w, box_h))
-    except ValueError:
+        runs = [int(r) for r in str(rle).replace(" ", "").split(",") if r != ""]
+    except (ValueError, OverflowError):
         raise SourceItemError(f"mask rle {str(rle)[:40]!r} or its box is not a list of integers", path=path, reason="bad mask") from None
-    if bw <= 0 or bh <= 0 or (runs < 0).any() or int(runs.sum()) != bw * bh:
+    check_canvas(bw, bh, path, what="mask")
+    if any(r < 0 for r in runs):
+        raise SourceItemError(f"mask rle has a negative run ({min(runs)})", path=path, reason="bad mask")
+    if sum(runs) != bw * bh:
         raise SourceItemError(
-            f"mask runs add up to {int(runs.sum())}, not width x height = {bw} x {bh} = {bw * bh}",
+            f"mask runs add up to {sum(runs)}, not width x height = {bw} x {bh} = {bw * bh}",
             path=path,
             reason="bad mask",
         )
-    check_canvas(bw, bh, path, what="mask")
+    runs = np.array(runs, dtype=np.int64)
     values = np.zeros(len(runs), dtype=bool)
     values[1::2] = True
     flat = np.repeat(values, runs).reshape(bh, bw)
@@ -292,6 +324,55 @@ def shape_mask(shape: Shape, height: int, width: int, path: Path) -> np.ndarray:
     raise ValueError(f"unknown shape kind {shape.kind!r}")
 
 
+def paint_layers(
+    shapes: Sequence[Shape],
+    height: int,
+    width: int,
+    path: Path,
+    mask_fn: Callable[[Shape, int, int, Path], np.ndarray] = shape_mask,
+    skip: Counter | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """The layers :class:`LayerStack` gives for shapes painted in order, in time linear in the shapes.
+
+    At each pixel the layers list the labels covering it from the most recently painted down, each
+    label once. Painting in reverse order computes exactly that without pushing every layer down
+    for every shape (which is quadratic when thousands of shapes overlap): a shape fills the next
+    free layer of its pixels, except where a later shape of the same label already did.
+    """
+    remaining = Counter(c for shape in shapes for c in shape.concepts)
+    covered: dict[tuple[str, int], np.ndarray] = {}  # flat pixels a later shape of that label holds
+    depth: dict[str, np.ndarray] = {}  # per category: how many layers each pixel has filled
+    stacks: dict[str, np.ndarray] = {}  # per category: layers x (height * width)
+    for shape in reversed(shapes):
+        idx = np.flatnonzero(mask_fn(shape, height, width, path))
+        if not idx.size:
+            if skip is not None:
+                skip["no pixels inside the image"] += 1
+            continue
+        for key in reversed(shape.concepts):
+            category, ident = key
+            remaining[key] -= 1
+            seen = covered.get(key)
+            own = idx if seen is None else idx[~np.isin(idx, seen, assume_unique=True)]
+            if own.size:
+                filled = depth.setdefault(category, np.zeros(height * width, dtype=np.int32))
+                levels = filled[own]
+                need = int(levels.max()) + 1
+                stack = stacks.get(category)
+                if stack is None or stack.shape[0] < need:
+                    grown = np.zeros((max(need, 2 * (0 if stack is None else stack.shape[0])), height * width), dtype=np.uint16)
+                    if stack is not None:
+                        grown[: stack.shape[0]] = stack
+                    stack = stacks[category] = grown
+                stack[levels, own] = ident
+                filled[own] += 1
+            if remaining[key]:
+                covered[key] = idx if seen is None else np.union1d(seen, idx)
+            else:
+                covered.pop(key, None)
+    return {c: [stacks[c][k].reshape(height, width) for k in range(int(depth[c].max()))] for c in stacks}
+
+
 def paint_record(
     key: str,
     image: Any,
@@ -305,16 +386,8 @@ def paint_record(
 ) -> Record:
     """Paint shapes in order into per-category :class:`LayerStack` s and assemble the record."""
     height, width = size
-    stacks: dict[str, LayerStack] = {}
     skip = Counter(skipped)
-    for shape in shapes:
-        mask = mask_fn(shape, height, width, path)
-        if not mask.any():
-            skip["no pixels inside the image"] += 1
-            continue
-        for category, ident in shape.concepts:
-            stacks.setdefault(category, LayerStack(height, width)).paint(mask, ident)
-    pixel = {c: s.result() for c, s in stacks.items() if s.result()}
+    pixel = paint_layers(shapes, height, width, path, mask_fn, skip)
     levels = {c: list(dict.fromkeys(ids)) for c, ids in image_level.items() if ids}
     used = {(c, int(i)) for c, layers in pixel.items() for layer in layers for i in present_ids(layer)}
     used |= {(c, int(i)) for c, ids in levels.items() for i in ids}

@@ -11,11 +11,15 @@ encoding, probed N = 1, 2, ... up to the first missing level (FORMATS.md B.1, B.
 * 2021: ``index_ade20k.pkl`` (in the dataset folder or its parent, where the release puts it) gives
   the same fields. It is a pickle, so it is read only from the dataset the user named, and with a
   restricted unpickler that rebuilds only builtin containers and numpy arrays (anything else is
-  refused, so a tampered file cannot run code). Without it the images are listed from ``images/``,
+  refused, so a tampered file cannot run code), and the arrays and byte strings it rebuilds may not
+  be larger than the file itself could hold (so a few bytes cannot ask for ``bytes(2**62)``).
+  Without it the images are listed from ``images/``,
   class names come from each image's ``<name>.json`` (``name_ndx`` -> ``name``) and the scene from
   its folder (``images/ADE/training/urban/street`` -> ``street``).
 
-The record key is the file stem (``ADE_train_00000001``), unique across the release.
+The record key is the file stem (``ADE_train_00000001``), unique across the release. Every file an
+index names is resolved (symlinks included) and must lie inside the release folder; one that does
+not is skipped with a counted reason (an error under ``--strict``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import scipy.io
 
 from concepts.builders import register
 from concepts.builders._bands import ade_classes, read_bands, red_not_tens
-from concepts.builders._raster import candidate_dirs
+from concepts.builders._raster import candidate_dirs, inside_input
 from concepts.builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError
 from concepts.labelcount import present_ids
@@ -42,14 +46,34 @@ log = logging.getLogger(__name__)
 
 INDEX_MAT = "index_ade20k.mat"
 INDEX_PKL = "index_ade20k.pkl"
+#: Largest class id the ``(R // 10) * 256 + G`` encoding can give (R = 250, G = 255).
+MAX_CLASS_ID = 25 * 256 + 255
 
 
 def _relative_image(folder: str, filename: str, where: Path) -> str:
-    """Image path relative to the release folder: index folders start ``<release>/images/...``."""
+    """Image path relative to the release folder: index folders start ``<release>/images/...``.
+
+    Only the shape is checked here; where the path leads (``..``, symlinks) is checked when the
+    item is loaded, so one bad entry skips one image rather than the whole release.
+    """
     parts = [p for p in str(folder).replace("\\", "/").split("/") if p not in ("", ".")]
-    if "images" not in parts or ".." in parts:
-        raise SourceError(f"index folder {folder!r} does not lead into images/", path=where)
+    if "images" not in parts:
+        raise SourceError(f"index folder {str(folder)[:200]!r} does not lead into images/", path=where)
     return "/".join(parts[parts.index("images") :] + [str(filename)])
+
+
+def _strings(values: Any, field: str, where: Path) -> list[str]:
+    """An index field that must be a list of strings (a 1-D list, tuple or array of text)."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise SourceError(f"index field {field!r} must be a list of strings, got a {values.ndim}-D array", path=where)
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise SourceError(f"index field {field!r} must be a list of strings, got {type(values).__name__}", path=where)
+    for k, value in enumerate(values):
+        if not isinstance(value, str):
+            raise SourceError(f"index field {field!r}: element {k} is {type(value).__name__}, not a string", path=where)
+    return [str(v) for v in values]
 
 
 def _text(value: Any) -> str:
@@ -96,13 +120,14 @@ class _AdeRelease(Builder):
 
     def load(self, item: str) -> Record:
         """Object classes, part levels and the scene of one image."""
-        image = self.base / item
+        image = inside_input(self.base, self.base / item, what="image", item=item)
         if not image.is_file():
             raise SourceItemError("image is missing", path=image, reason="missing image")
-        seg_path = image.with_name(f"{image.stem}_seg.png")
+        seg_path = inside_input(self.base, image.with_name(f"{image.stem}_seg.png"), what="segmentation", item=item)
         layers = [("object", seg_path, read_bands(seg_path, (0, 1), what="segmentation"))]
         level = 1
         while (part_path := image.with_name(f"{image.stem}_parts_{level}.png")).is_file():
+            inside_input(self.base, part_path, what="part level", item=item)
             layers.append(("part", part_path, read_bands(part_path, (0, 1), what="part level")))
             level += 1
         per_image = self._class_names(image)
@@ -164,7 +189,11 @@ class Ade20k2016Builder(_AdeRelease):
         for field in ("filename", "folder", "scene", "objectnames"):
             if field not in index._fieldnames:
                 raise SourceError(f"struct 'index' has no field {field!r}", path=base / INDEX_MAT)
-            fields[field] = [_text(v) for v in np.atleast_1d(getattr(index, field))]
+            value = getattr(index, field)
+            if isinstance(value, np.ndarray) and value.ndim > 1 and max(value.shape) != value.size:
+                raise SourceError(f"struct field {field!r} must be a list, got a {'x'.join(map(str, value.shape))} array",
+                                  path=base / INDEX_MAT)
+            fields[field] = [_text(v) for v in np.atleast_1d(value).ravel()]
         if not len(fields["filename"]) == len(fields["folder"]) == len(fields["scene"]):
             raise SourceError("index fields filename, folder and scene differ in length", path=base / INDEX_MAT)
         files = [_relative_image(d, f, base / INDEX_MAT) for d, f in zip(fields["folder"], fields["filename"])]
@@ -184,26 +213,109 @@ def _load_mat_index(path: Path) -> Any:
 
 
 class _IndexUnpickler(pickle.Unpickler):
-    """Rebuilds builtin containers and numpy arrays only; refuses every other class."""
+    """Rebuilds builtin containers and numpy arrays only; refuses every other class.
 
+    The callables a pickle may name are wrapped so that none allocates more than ``budget``
+    bytes: a legitimate index never asks for more than its own size (arrays are rebuilt from the
+    bytes the file carries), while ``bytes(2**62)`` or an array of shape ``(10**12,)`` is a bomb.
+    """
+
+    BUILTINS = frozenset({"list", "dict", "tuple", "set", "frozenset", "str", "bytes", "int", "float", "bool"})
     ALLOWED = {("collections", "OrderedDict"), ("_codecs", "encode")} | {
         (module, name)
         for module in ("numpy.core.multiarray", "numpy._core.multiarray")
         for name in ("_reconstruct", "scalar")
     } | {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
+    def __init__(self, file: Any, budget: int) -> None:
+        super().__init__(file)
+        self.budget = budget
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED or (module == "builtins" and name in {"list", "dict", "tuple", "set", "frozenset", "str", "bytes", "int", "float", "bool"}):
-            return super().find_class(module, name)
+        if (module, name) in self.ALLOWED or (module in ("builtins", "__builtin__") and name in self.BUILTINS):
+            target = super().find_class(module, name)
+            return self._guard(target, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in an index file")
+
+    def _guard(self, target: Any, name: str) -> Any:
+        budget = self.budget
+
+        def check_bytes(nbytes: int, what: str) -> None:
+            if nbytes > budget:
+                raise pickle.UnpicklingError(f"{what} asks for {nbytes:,} bytes, more than the file's {budget:,} can hold")
+
+        if name in ("bytes", "str", "list", "tuple", "set", "frozenset", "dict"):
+            def build(*args: Any) -> Any:
+                # bytes(N) and friends allocate N from one small number; only real data may be converted.
+                if any(isinstance(a, int) for a in args):
+                    raise pickle.UnpicklingError(f"{name}() of a number is not allowed in an index file")
+                return target(*args)
+            return build
+        if name == "_reconstruct":
+            def reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+                check_bytes(_nbytes(shape, dtype), "an array")
+                return target(_GuardedArray if subtype is np.ndarray else subtype, shape, dtype)
+            return reconstruct
+        if name == "scalar":
+            def scalar(dtype: Any, *args: Any) -> Any:
+                check_bytes(np.dtype(dtype).itemsize, "a scalar")
+                return target(dtype, *args)
+            return scalar
+        if name == "ndarray":
+            return _GuardedArray
+        return target
+
+
+def _nbytes(shape: Any, dtype: Any) -> int:
+    """Bytes an array of ``shape`` and ``dtype`` takes (pointers for object arrays)."""
+    dims = [int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,))]
+    if any(d < 0 for d in dims):
+        raise pickle.UnpicklingError(f"array shape {tuple(dims)} has a negative dimension")
+    return int(np.prod(dims, dtype=object)) * max(np.dtype(dtype).itemsize, 1)
+
+
+class _GuardedArray(np.ndarray):
+    """An ndarray whose unpickling refuses a declared shape larger than the budget allows."""
+
+    BUDGET = 0
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) >= 4:
+            shape, dtype = state[1], state[2]
+            nbytes = _nbytes(shape, dtype)
+            if nbytes > _GuardedArray.BUDGET:
+                raise pickle.UnpicklingError(f"an array asks for {nbytes:,} bytes, more than the file can hold")
+        super().__setstate__(state)
+
+
+def _plain(value: Any) -> Any:
+    """The unpickled index with guarded arrays turned back into plain ones."""
+    if isinstance(value, _GuardedArray):
+        return value.view(np.ndarray)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _load_pkl_index(path: Path) -> dict:
     try:
+        size = path.stat().st_size
+        # Object arrays hold one pointer per element, each at least one byte of pickle: 8x covers them.
+        budget = 8 * size + (1 << 20)
+        _GuardedArray.BUDGET = budget
         with path.open("rb") as f:
-            index = _IndexUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, OSError) as e:
-        raise SourceError(f"cannot read the index: {e}", path=path, hint="only builtin containers and numpy arrays are accepted") from None
+            index = _IndexUnpickler(f, budget).load()
+        index = _plain(index)
+    except RecursionError:
+        raise SourceError("cannot read the index: nested too deeply", path=path) from None
+    except MemoryError:
+        raise SourceError("cannot read the index: it asks for more memory than there is", path=path) from None
+    except Exception as e:  # noqa: BLE001 - a hostile pickle can make the unpickler raise almost anything
+        message = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise SourceError(f"cannot read the index: {message}", path=path,
+                          hint="only builtin containers and numpy arrays are accepted") from None
     if not isinstance(index, dict):
         raise SourceError(f"expected a dict, found {type(index).__name__}", path=path)
     return index
@@ -246,11 +358,12 @@ class Ade20k2021Builder(_AdeRelease):
             missing = [k for k in ("filename", "folder", "scene", "objectnames") if k not in index]
             if missing:
                 raise SourceError(f"index has no {', '.join(missing)}", path=pkl)
-            filenames, folders, scenes = (list(index[k]) for k in ("filename", "folder", "scene"))
+            filenames, folders, scenes, objectnames = (
+                _strings(index[k], k, pkl) for k in ("filename", "folder", "scene", "objectnames"))
             if not len(filenames) == len(folders) == len(scenes):
                 raise SourceError("index lists filename, folder and scene differ in length", path=pkl)
             files = [_relative_image(d, f, pkl) for d, f in zip(folders, filenames)]
-            self._set_index(files, [str(s) for s in scenes], [str(n) for n in index["objectnames"]])
+            self._set_index(files, scenes, objectnames)
         else:
             log.info("%s: no %s; listing images/ and reading names from each image's .json", base, INDEX_PKL)
             files = sorted(p.relative_to(base).as_posix() for p in (base / "images" / "ADE").rglob("*.jpg"))
@@ -259,7 +372,7 @@ class Ade20k2021Builder(_AdeRelease):
     def _class_names(self, image: Path) -> dict[int, tuple[str, ...]] | None:
         if self.objectnames is not None:
             return None
-        return _json_names(image.with_suffix(".json"))
+        return _json_names(inside_input(self.base, image.with_suffix(".json"), what="annotation JSON"))
 
 
 def _json_names(path: Path) -> dict[int, tuple[str, ...]]:
@@ -268,6 +381,8 @@ def _json_names(path: Path) -> dict[int, tuple[str, ...]]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise SourceItemError("annotation JSON is missing", path=path, reason="missing annotation") from None
+    except OSError as e:
+        raise SourceItemError(f"cannot read the annotation JSON ({e.strerror or e})", path=path, reason="unreadable annotation") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -275,9 +390,19 @@ def _json_names(path: Path) -> dict[int, tuple[str, ...]]:
         text = raw.decode("latin-1")
     try:
         objects = json.loads(text)["annotation"]["object"]
+        if not isinstance(objects, list):
+            raise TypeError(f"'object' is {type(objects).__name__}, not a list")
         names: dict[int, tuple[str, ...]] = {}
         for obj in objects:
-            names.setdefault(int(obj["name_ndx"]), names_tuple(str(obj["name"])))
-    except (ValueError, KeyError, TypeError) as e:
-        raise SourceItemError(f"not an ADE20K annotation ({type(e).__name__}: {e})", path=path, reason="bad annotation") from None
+            ndx = obj["name_ndx"]
+            # A class id is a JSON integer; int() would also take 1e300, "²" or true.
+            if isinstance(ndx, bool) or not isinstance(ndx, int) or not 0 < ndx <= MAX_CLASS_ID:
+                raise ValueError(f"name_ndx {str(ndx)[:40]!r} is not a class id 1..{MAX_CLASS_ID}")
+            if not isinstance(obj["name"], str):
+                raise TypeError(f"name of class {ndx} is {type(obj['name']).__name__}, not a string")
+            names.setdefault(ndx, names_tuple(obj["name"]))
+    except RecursionError:
+        raise SourceItemError("not an ADE20K annotation (nested too deeply)", path=path, reason="bad annotation") from None
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise SourceItemError(f"not an ADE20K annotation ({type(e).__name__}: {str(e)[:200]})", path=path, reason="bad annotation") from None
     return names

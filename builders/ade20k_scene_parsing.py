@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from concepts.builders import register
-from concepts.builders._raster import candidate_dirs, read_id_channel
+from concepts.builders._raster import candidate_dirs, inside_input, read_id_channel
 from concepts.builders.base import Builder
 from concepts.errors import SourceError, SourceItemError
 from concepts.labelcount import present_ids
@@ -30,6 +30,16 @@ from concepts.vocabulary import scene_name
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: Largest class index a label PNG can hold (16-bit single channel).
+MAX_CLASS = 65535
+
+
+def _class_index(text: str | None, path: Path, row: int) -> int:
+    """A class index cell: ASCII digits only (``int()`` would also take ``²`` or Arabic-Indic digits), 1..65535."""
+    value = (text or "").strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 5 or not 0 < int(value) <= MAX_CLASS:
+        raise SourceError(f"Idx {value[:40]!r} is not a class index 1..{MAX_CLASS} in ASCII digits", path=path, row=row)
+    return int(value)
 
 
 def _read_object_info(base: Path) -> dict[int, tuple[str, ...]]:
@@ -37,25 +47,33 @@ def _read_object_info(base: Path) -> dict[int, tuple[str, ...]]:
     txt, csv_path = base / "objectInfo150.txt", base / "objectInfo150.csv"
     names: dict[int, tuple[str, ...]] = {}
     if txt.is_file():
-        lines = txt.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            lines = txt.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+        except OSError as e:
+            raise SourceError(f"cannot read ({e.strerror or e})", path=txt) from None
         for row, line in enumerate(lines, start=1):
             fields = [f.strip() for f in line.split("\t")]
             if not line.strip() or fields[0].lower() == "idx":
                 continue
-            if len(fields) < 2 or not fields[0].isdigit():
+            if len(fields) < 2:
                 raise SourceError(f"expected 'Idx<TAB>...<TAB>Name', got {line.strip()[:60]!r}", path=txt, row=row)
-            names[int(fields[0])] = names_tuple(fields[-1])
+            names[_class_index(fields[0], txt, row)] = names_tuple(fields[-1])
         source = txt
     elif csv_path.is_file():
-        with csv_path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not {"Idx", "Name"} <= set(reader.fieldnames or []):
-                raise SourceError("expected columns Idx and Name", path=csv_path)
-            for row, rec in enumerate(reader, start=2):
-                try:
-                    names[int(rec["Idx"].strip())] = tuple(n.strip() for n in rec["Name"].split(";") if n.strip())
-                except (ValueError, AttributeError):
-                    raise SourceError(f"Idx {rec['Idx']!r} is not an integer", path=csv_path, row=row) from None
+        reader = None
+        try:
+            with csv_path.open(newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                if not {"Idx", "Name"} <= set(reader.fieldnames or []):
+                    raise SourceError("expected columns Idx and Name", path=csv_path)
+                for row, rec in enumerate(reader, start=2):
+                    names[_class_index(rec["Idx"], csv_path, row)] = tuple(n.strip() for n in (rec["Name"] or "").split(";") if n.strip())
+        except UnicodeDecodeError as e:
+            raise SourceError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=csv_path) from None
+        except csv.Error as e:
+            raise SourceError(f"not a readable CSV ({e})", path=csv_path, row=reader.line_num if reader else None) from None
+        except OSError as e:
+            raise SourceError(f"cannot read ({e.strerror or e})", path=csv_path) from None
         source = csv_path
     else:
         raise SourceError("objectInfo150.txt (or objectInfo150.csv) is missing", path=base)
@@ -92,7 +110,11 @@ class Ade20kSceneParsingBuilder(Builder):
         scenes_path = base / "sceneCategories.txt"
         if scenes_path.is_file():
             raw: dict[str, str] = {}
-            for line in scenes_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                text = scenes_path.read_text(encoding="utf-8-sig", errors="replace")
+            except OSError as e:
+                raise SourceError(f"cannot read ({e.strerror or e})", path=scenes_path) from None
+            for line in text.splitlines():
                 fields = line.split()
                 if len(fields) >= 2:
                     raw[fields[0]] = fields[1]
@@ -108,10 +130,10 @@ class Ade20kSceneParsingBuilder(Builder):
 
     def load(self, item: str) -> Record:
         """The object classes and scene of one image."""
-        image = self.base / "images" / item
+        image = inside_input(self.base, self.base / "images" / item, what="image", item=item)
         if not image.is_file():
             raise SourceItemError("image is missing", path=image, reason="missing image")
-        ann_path = (self.base / "annotations" / item).with_suffix(".png")
+        ann_path = inside_input(self.base, (self.base / "annotations" / item).with_suffix(".png"), what="annotation", item=item)
         labels = read_id_channel(ann_path, what="annotation")
         record = Record(key=image.stem, image=image)
         ids = present_ids(labels)

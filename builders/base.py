@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from concepts.errors import SourceError
+from concepts.errors import SourceError, UsageError
 from concepts.records import Record
 
 
@@ -92,6 +92,19 @@ class Builder(ABC):
     @abstractmethod
     def load(self, item: Any) -> Record:
         """Decode one item into a record (runs in a worker process)."""
+
+    def declared_categories(self) -> dict[str, tuple[Path | None, str | None, type[Exception]]]:
+        """Categories the user's files name (a mapping, a label table): ``name -> (path, where, error)``.
+
+        The unifier checks them against the build options (a user category ``color`` clashes with
+        the computed colour category only while ``--color`` is on). By default: the categories of
+        the builder's concept mapping file, if it has one.
+        """
+        from concepts.mapping import locate
+
+        mapping = getattr(self, "mapping", None)
+        categories = getattr(mapping, "categories", None) or {}
+        return {name: (mapping.source, locate(mapping.source, where), UsageError) for name, where in categories.items()}
 
     def summary(self) -> dict[str, int]:
         """Counts gathered while listing items (for example images listed but missing)."""

@@ -9,7 +9,9 @@ Layout (a folder, or the .zip CVAT downloads)::
 
 CVAT has already flattened overlapping shapes, so each image has one ``object`` layer (or the
 category the concept mapping gives each label). Images listed without a mask keep only colour;
-colours missing from labelmap.txt are unlabeled and counted as skipped.
+colours missing from labelmap.txt are unlabeled and counted as skipped. A listed name that leads
+out of the export (absolute, ``..``, a symlink) is never read: the image is skipped as ``path
+outside the export``; labelmap.txt and the lists must be UTF-8 files inside the export.
 """
 
 from __future__ import annotations
@@ -23,27 +25,48 @@ from PIL import Image
 
 from concepts.builders import register
 from concepts.builders._raster import header_size, read_image_array
+from concepts.builders._export import contained
 from concepts.builders.base import Builder, Detection
 from concepts.archive import export_folder
-from concepts.errors import SourceError, SourceItemError
+from concepts.errors import SourceError, SourceItemError, UnsafeInputError
 from concepts.mapping import Inventory, LabelIds, load_mapping
 from concepts.records import Record
 
 log = logging.getLogger(__name__)
 
 BACKGROUND = ("background", "_background_")
+#: Image extensions looked up directly before the JPEGImages folder is listed.
+_USUAL = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def read_labelmap(path: Path) -> list[tuple[str, tuple[int, int, int]]]:
+def _read_text(path: Path, root: Path) -> str:
+    """A text file of the export (labelmap, an ImageSets list): inside it, a file, UTF-8; else a SourceError."""
+    try:
+        contained(root, path, where=path, element="this file")
+    except SourceItemError as e:
+        raise UnsafeInputError(e.message, path=path) from None
+    if not path.is_file():
+        raise SourceError("is not a file", path=path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"is not UTF-8 text (byte {e.start})", path=path) from None
+    except OSError as e:
+        raise SourceError(f"cannot read: {e.strerror or e}", path=path) from None
+
+
+def read_labelmap(path: Path, root: Path | None = None) -> list[tuple[str, tuple[int, int, int]]]:
     """``[(name, (r, g, b)), ...]`` in file order from a CVAT/VOC ``labelmap.txt``."""
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(_read_text(path, root or path.parent).splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, _, rest = line.partition(":")
         colour = rest.split(":", 1)[0]
         try:
             r, g, b = (int(c) for c in colour.split(","))
+            if not all(0 <= c <= 255 for c in (r, g, b)):
+                raise ValueError
         except ValueError:
             raise SourceError(f"expected 'name:R,G,B:parts:actions', got {line.strip()!r}", path=path, row=n) from None
         out.append((name.strip(), (r, g, b)))
@@ -84,10 +107,10 @@ class CvatMaskBuilder(Builder):
         self.folder = export_folder(self.root)
         mapping = load_mapping(self.options.get("concepts"))
         labelmap = self.folder / "labelmap.txt"
-        if not labelmap.is_file():
+        if not labelmap.exists():
             raise SourceError("labelmap.txt is missing", path=self.folder, hint="export with CVAT 'Segmentation mask 1.1'")
-        self.labels = read_labelmap(labelmap)
-        self.ids = LabelIds()
+        self.labels = read_labelmap(labelmap, self.folder)
+        self.ids = LabelIds(labelmap)
         self.inv = Inventory()
         # colour code (R << 16 | G << 8 | B) and line index -> (category, id); 0 = unlabeled.
         self.by_colour: dict[int, tuple[str, int] | None] = {}
@@ -116,7 +139,7 @@ class CvatMaskBuilder(Builder):
         lists = sorted((self.folder / "ImageSets" / "Segmentation").glob("*.txt"))
         items = []
         for path in lists:
-            names = [n.strip() for n in path.read_text(encoding="utf-8").splitlines() if n.strip()]
+            names = [n.strip() for n in _read_text(path, self.folder).splitlines() if n.strip()]
             items += [(path.stem, n) for n in names]
         if not lists:
             items = [("", p.relative_to(self.folder / "SegmentationClass").with_suffix("").as_posix())
@@ -136,42 +159,52 @@ class CvatMaskBuilder(Builder):
         """Decode one class mask through labelmap.txt."""
         subset, name = item
         key = f"{subset}/{name}" if subset and subset != "default" else name
-        folder, stem = (self.folder / "JPEGImages" / name).parent, Path(name).name
-        # Compared by stem rather than globbed: names may hold glob characters such as '['.
-        images = sorted(p for p in folder.iterdir() if p.is_file() and p.stem == stem) if folder.is_dir() else []
+        where = self.folder / "ImageSets" / "Segmentation" / f"{subset}.txt" if subset else self.folder / "SegmentationClass"
+        element = f"image {name[:200]!r}"
+        # The listed name (or a symlink on the way) must not lead out of the export.
+        folder = contained(self.folder, (self.folder / "JPEGImages" / name).parent, where=where, element=element)
+        stem = Path(name).name
+        mask_path = contained(self.folder, self.folder / "SegmentationClass" / f"{name}.png", where=where, element=element)
+        # The usual extensions first: listing the folder for every item is quadratic in the images.
+        images = [p for p in (folder / f"{stem}{ext}" for ext in _USUAL) if p.is_file()][:1]
+        if not images and folder.is_dir():
+            # Compared by stem rather than globbed: names may hold glob characters such as '['.
+            images = sorted(p for p in folder.iterdir() if p.is_file() and p.stem == stem)
         if not images:
             raise SourceItemError("image not in the export (JPEGImages/)", path=self.folder / "JPEGImages" / name, reason="missing image")
-        record = Record(key=key, image=images[0])
-        mask_path = self.folder / "SegmentationClass" / f"{name}.png"
+        record = Record(key=key, image=contained(self.folder, images[0], where=where, element=element))
         if not mask_path.is_file():
             return record
         header_size(mask_path, what="mask")
         arr = _read_mask(mask_path)
+        if arr.dtype.kind not in "uib" or arr.ndim not in (2, 3):
+            raise SourceItemError(f"mask must be an RGB or single-channel integer image, got {arr.dtype} {arr.shape}",
+                                  path=mask_path, reason="bad mask")
         skipped: Counter = Counter()
         if arr.ndim == 2:
-            lut_targets = self.by_index
             codes = arr.astype(np.int64)
-            table = {i: t for i, t in enumerate(lut_targets)}
-            known = set(table)
+            table = dict(enumerate(self.by_index))
         else:
             rgb = arr[..., :3].astype(np.int64)
             codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
             table = self.by_colour
-            known = set(table)
         values, inverse = np.unique(codes, return_inverse=True)
-        layers: dict[str, np.ndarray] = {}
+        inverse = inverse.reshape(codes.shape)
+        # One lookup array per category (value index -> id): linear in pixels plus colours, where a
+        # pass over the mask per colour was quadratic for masks with thousands of labels.
+        per_category: dict[str, np.ndarray] = {}
         for v_index, v in enumerate(values.tolist()):
-            if v not in known:
+            if v not in table:
                 skipped["colour not in labelmap.txt"] += 1
                 continue
             target = table[v]
             if target is None:
                 continue
             category, ident = target
-            layer = layers.setdefault(category, np.zeros(codes.shape, np.uint16))
-            layer[inverse.reshape(codes.shape) == v_index] = ident
+            per_category.setdefault(category, np.zeros(len(values), np.uint16))[v_index] = ident
+        layers = {category: lookup[inverse] for category, lookup in per_category.items()}
         record.pixel = {c: [layer] for c, layer in layers.items() if layer.any()}
-        used = {(c, int(i)) for c, layer in layers.items() for i in np.unique(layer) if i}
+        used = {(c, int(i)) for c, lookup in per_category.items() for i in np.unique(lookup) if i}
         record.names = {k: self.ids.names[k] for k in sorted(used)}
         record.skipped = dict(skipped)
         return record

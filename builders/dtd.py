@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from concepts.builders import register
-from concepts.builders._raster import candidate_dirs
+from concepts.builders._raster import candidate_dirs, inside_input
 from concepts.builders.base import Builder
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record
@@ -65,7 +65,11 @@ class DtdBuilder(Builder):
         self.ids = {a: i for i, a in enumerate(attributes, start=1)}
 
     def _read_joint(self, path: Path) -> None:
-        for row, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        try:
+            text = path.read_text(encoding="utf-8-sig", errors="replace")
+        except OSError as e:
+            raise SourceError(f"cannot read ({e.strerror or e})", path=path) from None
+        for row, line in enumerate(text.splitlines(), start=1):
             fields = line.split()
             if not fields:
                 continue
@@ -83,7 +87,7 @@ class DtdBuilder(Builder):
 
     def load(self, item: str) -> Record:
         """The image with its texture attributes."""
-        image = self.base / "images" / item
+        image = inside_input(self.base, self.base / "images" / item, what="image", item=item)
         if not image.is_file():
             raise SourceItemError("image is missing", path=image, reason="missing image")
         ids = [self.ids[a] for a in self.labels[item]]

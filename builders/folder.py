@@ -17,12 +17,15 @@ Each image becomes one record; an image without masks or tags still gets colour.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from concepts.broden.format import MAX_RG, check_category_name, check_label_name
 from concepts.builders import register
+from concepts.builders._raster import inside_input
 from concepts.builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError
 from concepts.records import Record
@@ -57,25 +60,57 @@ class FolderBuilder(Builder):
             unmet.append("masks/ or tags.csv")
         return Detection.missing(*unmet) if unmet else Detection.match(0.6)
 
-    def _read_labels(self) -> None:
-        path = self.root / "labels.csv"
+    def declared_categories(self) -> dict[str, tuple[Path | None, str | None, type[Exception]]]:
+        """The categories labels.csv names, with their rows."""
+        return dict(self._declared)
+
+    def _rows(self, path: Path, columns: set[str]) -> Iterator[tuple[int, dict[str, str]]]:
+        """``(line, row)`` of a UTF-8 CSV table with the given columns; every failure is one SourceError."""
         try:
-            with path.open(newline="", encoding="utf-8") as f:
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
-                missing = {"category", "id", "names"} - set(reader.fieldnames or [])
+                missing = columns - set(reader.fieldnames or [])
                 if missing:
                     raise SourceError(f"missing column(s) {', '.join(sorted(missing))}", path=path)
-                for row_number, row in enumerate(reader, start=2):
-                    try:
-                        ident = int(row["id"])
-                    except ValueError:
-                        raise SourceError(f"id {row['id']!r} is not an integer", path=path, row=row_number) from None
-                    names = tuple(n.strip() for n in (row["names"] or "").split(";") if n.strip())
-                    if ident <= 0 or not names or not row["category"]:
-                        raise SourceError("need a category, an id > 0 and at least one name", path=path, row=row_number)
-                    self.names[(row["category"].strip(), ident)] = names
+                rows = iter(reader)
+                while True:
+                    start = reader.line_num + 1  # a quoted cell may span lines: name the first
+                    row = next(rows, None)
+                    if row is None:
+                        return
+                    # Short rows give None; cells are plain text from here on.
+                    yield start, {k: (row.get(k) or "") for k in columns}
         except FileNotFoundError:
-            raise SourceError("labels.csv is missing", path=path) from None
+            raise SourceError(f"{path.name} is missing", path=path) from None
+        except UnicodeDecodeError as e:
+            raise SourceError(f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})", path=path) from None
+        except csv.Error as e:
+            raise SourceError(f"not a readable CSV table: {e}", path=path, row=reader.line_num) from None
+        except OSError as e:
+            raise SourceError(f"cannot read: {e.strerror or e}", path=path) from None
+
+    def _category(self, text: str, path: Path, row: int) -> str:
+        category = check_category_name(text.strip(), path=path, row=row, error=SourceError)
+        self._declared.setdefault(category, (path, f"row {row}", SourceError))
+        return category
+
+    def _read_labels(self) -> None:
+        path = self.root / "labels.csv"
+        self._declared: dict[str, tuple[Path | None, str | None, type[Exception]]] = {}
+        for row_number, row in self._rows(path, {"category", "id", "names"}):
+            text = row["id"].strip()
+            if not (text.isascii() and text.isdigit()):
+                raise SourceError(f"id {text[:40]!r} is not an integer", path=path, row=row_number)
+            ident = int(text)
+            names = tuple(n.strip() for n in row["names"].split(";") if n.strip())
+            if ident <= 0 or not names or not row["category"].strip():
+                raise SourceError("need a category, an id > 0 and at least one name", path=path, row=row_number)
+            if ident > MAX_RG:
+                # Masks hold ids in at most 16 bits, and label layers number them as such.
+                raise SourceError(f"id {ident} is above {MAX_RG}, the largest id a mask can hold", path=path, row=row_number)
+            for name in names:
+                check_label_name(name, path=path, row=row_number, error=SourceError)
+            self.names[(self._category(row["category"], path, row_number), ident)] = names
         self.categories = sorted({c for c, _ in self.names})
 
     def _read_tags(self) -> None:
@@ -83,19 +118,29 @@ class FolderBuilder(Builder):
         if not path.is_file():
             return
         ids: dict[tuple[str, str], int] = {}
-        with path.open(newline="", encoding="utf-8") as f:
-            for row_number, row in enumerate(csv.DictReader(f), start=2):
-                image, category, name = (row.get(k, "") or "" for k in ("image", "category", "name"))
-                if not (image and category and name):
-                    raise SourceError("need image, category and name", path=path, row=row_number)
-                known = {n[0]: i for (c, i), n in self.names.items() if c == category}
-                ident = known.get(name) or ids.get((category, name))
-                if ident is None:
-                    # Tags named outside labels.csv get fresh ids above every listed one.
-                    ident = max([i for (c, i) in self.names if c == category] + [0]) + 1
-                    ids[(category, name)] = ident
-                    self.names[(category, ident)] = (name,)
-                self.tags.setdefault(image.replace("\\", "/"), []).append((category, ident))
+        # Per category: canonical name -> id, and the largest id, kept up to date (one pass, not one per row).
+        known: dict[str, dict[str, int]] = {}
+        top: dict[str, int] = {}
+        for (c, i), n in sorted(self.names.items()):
+            known.setdefault(c, {}).setdefault(n[0], i)
+            top[c] = max(top.get(c, 0), i)
+        for row_number, row in self._rows(path, {"image", "category", "name"}):
+            image, category, name = (row[k].strip() for k in ("image", "category", "name"))
+            if not (image and category and name):
+                raise SourceError("need image, category and name", path=path, row=row_number)
+            category = self._category(category, path, row_number)
+            check_label_name(name, path=path, row=row_number, error=SourceError)
+            ident = known.get(category, {}).get(name) or ids.get((category, name))
+            if ident is None:
+                # Tags named outside labels.csv get fresh ids above every listed one.
+                ident = top.get(category, 0) + 1
+                if ident > MAX_RG:
+                    raise SourceError(f"more than {MAX_RG:,} labels in category {category!r}", path=path, row=row_number)
+                top[category] = ident
+                ids[(category, name)] = ident
+                self.names[(category, ident)] = (name,)
+            self.tags.setdefault(image.replace("\\", "/"), []).append((category, ident))
+        self.categories = sorted({c for c, _ in self.names})
 
     def items(self) -> list[str]:
         """Image paths relative to ``images/``, sorted."""
@@ -107,11 +152,12 @@ class FolderBuilder(Builder):
     def load(self, item: str) -> Record:
         """The record of one image: its masks per category and its tags."""
         stem = item.rsplit(".", 1)[0]
-        record = Record(key=stem, image=self.root / "images" / item)
+        record = Record(key=stem, image=inside_input(self.root, self.root / "images" / item, what="image", item=item))
         for category in self.categories:
             mask_path = self.root / "masks" / category / f"{stem}.png"
             if not mask_path.is_file():
                 continue
+            inside_input(self.root, mask_path, what="mask", item=item)
             try:
                 with Image.open(mask_path) as im:
                     if im.mode not in ("L", "P", "I", "I;16", "I;16B", "1"):

@@ -12,7 +12,8 @@ document order (later over earlier); ``<deleted>1`` objects are skipped; an obje
 ``<attributes>`` is a comma-separated list of words or ``key=value`` pairs, mapped through the
 ``attributes`` section of the concept mapping. Masks: a pixel is foreground when its alpha is at
 least :data:`ALPHA_THRESHOLD` (the antialiased core is about 153), or, without alpha, any
-channel is non-zero.
+channel is non-zero. A ``<filename>`` or ``<segm><mask>`` that leads out of the collection (absolute,
+``..``, a symlink) is never read: the image is skipped as ``path outside the export``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from defusedxml.common import DefusedXmlException
 
 from concepts.builders import register
 from concepts.builders._raster import Shape, check_canvas, finite_points, header_size, paint_record, read_image_array, shape_mask
-from concepts.builders._export import ExportBuilder
+from concepts.builders._export import ExportBuilder, contained
 from concepts.builders.base import Detection
 from concepts import progress
 from concepts.errors import SourceError, SourceItemError, UnsafeInputError
@@ -56,9 +57,12 @@ def _text(el: Element | None, tag: str) -> str:
     return (child.text or "").strip() if child is not None else ""
 
 
-def _is_labelme(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(512).lstrip()
+def _is_labelme(path: Path | None) -> bool:
+    try:
+        with open(path, "rb") as f:  # type: ignore[arg-type]
+            head = f.read(512).lstrip()
+    except (OSError, TypeError):  # None, a folder named *.xml, an unreadable file
+        return False
     return b"<annotation>" in head or b"<annotation " in head
 
 
@@ -76,10 +80,10 @@ class LabelMeBuilder(ExportBuilder):
         if not path.is_dir():
             return Detection.missing("a folder with Annotations/*.xml")
         ann = path / "Annotations"
-        first = next(iter(sorted(ann.rglob("*.xml"))), None) if ann.is_dir() else None
+        first = next(iter(sorted(p for p in ann.rglob("*.xml") if p.is_file())), None) if ann.is_dir() else None
         if first is not None and _is_labelme(first):
             return Detection.match(0.9)
-        first = next(iter(sorted(path.glob("*.xml"))), None)
+        first = next(iter(sorted(p for p in path.glob("*.xml") if p.is_file())), None)
         if first is not None and _is_labelme(first):
             return Detection.match(0.6)
         return Detection.missing("Annotations/<folder>/*.xml (root <annotation>)")
@@ -90,7 +94,8 @@ class LabelMeBuilder(ExportBuilder):
     def read_export(self) -> list[_Item]:
         """Every annotation file, sorted by path."""
         ann = self._ann_root()
-        files = sorted(p for p in (ann.rglob("*.xml") if ann.name == "Annotations" else ann.glob("*.xml")))
+        # A folder named like an annotation is not one (it would fail to open as a file).
+        files = sorted(p for p in (ann.rglob("*.xml") if ann.name == "Annotations" else ann.glob("*.xml")) if p.is_file())
         if not files:
             raise SourceError("no LabelMe XML files found", path=ann)
         return [self._parse_file(p, ann) for p in progress.progress(files, desc="reading LabelMe XML", unit="file")]
@@ -98,17 +103,26 @@ class LabelMeBuilder(ExportBuilder):
     def _parse_file(self, path: Path, ann: Path) -> _Item:
         rel = path.relative_to(ann).with_suffix("").as_posix()
         try:
+            contained(self.folder, path, where=path, element="annotation file")
+        except SourceItemError as e:
+            return _Item(rel, str(path), "", None, error=(e.message, e.reason))
+        try:
             root = SafeET.parse(str(path)).getroot()
         except DefusedXmlException as e:
             raise UnsafeInputError(f"refused unsafe XML ({type(e).__name__})", path=path) from None
         except ParseError as e:
             return _Item(rel, str(path), "", None, error=(f"broken XML: {e}", "broken annotation"))
+        except (LookupError, ValueError, OSError) as e:
+            # An unknown encoding in the declaration ("x-bogus"), or a file that cannot be read.
+            return _Item(rel, str(path), "", None, error=(f"cannot read the XML: {e}", "broken annotation"))
 
         filename = _text(root, "filename")
         if ann.name == "Annotations":
             image = (self.folder / "Images" / Path(rel).parent / filename) if filename else self.folder / "Images" / rel
         else:
             image = path.parent / (filename or path.stem + ".jpg")
+        if "\0" in filename:
+            return _Item(rel, str(path), "", None, error=("<filename> holds a NUL byte", "bad path"))
         size_el = root.find("imagesize")
         nrows, ncols = _text(size_el, "nrows"), _text(size_el, "ncols")
         item = _Item(rel, str(path), str(image), None)
@@ -167,7 +181,7 @@ class LabelMeBuilder(ExportBuilder):
         if shape.kind != "labelme_mask":
             return shape_mask(shape, height, width, path)
         mask_path = Path(shape.data)
-        header_size(mask_path, what="mask")
+        header_size(mask_path, what="mask")  # the pixel limit, before decoding
         arr = read_image_array(mask_path, what="mask")
         if arr.ndim == 3 and arr.shape[2] in (2, 4):
             fg = arr[..., -1] >= ALPHA_THRESHOLD
@@ -185,7 +199,11 @@ class LabelMeBuilder(ExportBuilder):
         entry = self._parse()[item]
         if entry.error:
             raise SourceItemError(entry.error[0], path=entry.xml, reason=entry.error[1])
-        image = Path(entry.image)
+        xml = Path(entry.xml)
+        image = contained(self.folder, Path(entry.image), where=xml, element="<filename>")
+        for shape in entry.shapes:
+            if shape.kind == "labelme_mask":
+                contained(self.folder, Path(shape.data), where=xml, element="<segm><mask>")
         if not image.is_file():
             raise SourceItemError("image file not in the collection", path=image, reason="missing image")
         size = entry.size or header_size(image)

@@ -6,6 +6,10 @@ no area and are counted as skipped; ``_background_`` and ``__ignore__`` are not 
 ``flags`` that are true become tags (``scene`` by default, see the concept mapping). The image is
 ``imagePath`` relative to the JSON (backslashes allowed), else the embedded ``imageData``; an image
 read from disk gets its EXIF orientation applied, as labelme does, since the points refer to it.
+An ``imagePath`` that leads outside the export (``../``, absolute, a symlink) is not read: the
+embedded ``imageData`` is used if there is one, else the file is skipped ("path outside the export").
+Declared and decoded sizes pass the one pixel limit; a file whose JSON has the wrong shape or types
+is skipped with one line naming it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import binascii
 import io
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +28,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from concepts.builders import register
-from concepts.builders._raster import MAX_PIXELS, Shape, box_points, check_canvas, finite_points, paint_record, shape_mask
-from concepts.builders._export import ExportBuilder
+from concepts.broden.format import check_label_name
+from concepts.builders._raster import Shape, box_points, check_canvas, finite_points, paint_record, shape_mask
+from concepts.builders._export import ExportBuilder, contained
 from concepts.builders.base import Detection
 from concepts import progress
 from concepts.errors import SourceItemError
@@ -48,18 +54,38 @@ class _Item:
     error: tuple[str, str] | None = None
 
 
+#: Patch offsets beyond this are off any canvas the pixel limit allows; clipping keeps them machine ints.
+_FAR = 1 << 40
+
+
 def _looks_like_labelme(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(65536)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
     return b'"shapes"' in head and (b'"imagePath"' in head or b'"imageData"' in head)
+
+
+def _read_json(path: Path) -> object:
+    """The parsed file; ValueError (one line) when it cannot be."""
+    try:
+        return json.loads(path.read_bytes())
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(" ".join(str(e).split())[:200]) from None
+    except OSError as e:
+        raise ValueError(f"cannot read: {e.strerror or e}") from None
 
 
 def _decode_png(data: str, path: Path) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(base64.b64decode(data, validate=False))) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise SourceItemError("mask patch exceeds the pixel limit", path=path, reason="image too large")
+            check_canvas(im.width, im.height, path, what="mask patch")
             return np.asarray(im.convert("L")) > 0
+    except SourceItemError:
+        raise
     except Image.DecompressionBombError as e:
         raise SourceItemError(f"refused a mask shape: {e}", path=path, reason="image too large") from None
     except (OSError, SyntaxError, ValueError, binascii.Error) as e:
@@ -77,48 +103,72 @@ class LabelmeJsonBuilder(ExportBuilder):
     @classmethod
     def detect(cls, path: Path) -> Detection:
         """A folder whose first JSON file (sorted) has ``shapes`` and ``imagePath``/``imageData``."""
-        files = sorted(path.rglob("*.json")) if path.is_dir() else [path] if path.suffix == ".json" else []
+        try:
+            files = sorted(p for p in path.rglob("*.json") if p.is_file()) if path.is_dir() else [path] if path.suffix == ".json" else []
+        except OSError:
+            files = []
         if files and _looks_like_labelme(files[0]):
             return Detection.match(0.8)
         return Detection.missing("labelme *.json files (keys shapes, imagePath)")
 
     def read_export(self) -> list[_Item]:
         """Every labelme JSON file, sorted by path."""
-        files = sorted(self.root.rglob("*.json")) if self.root.is_dir() else [self.root]
+        files = sorted(p for p in self.root.rglob("*.json") if p.is_file()) if self.root.is_dir() else [self.root]
         base = self.root if self.root.is_dir() else self.root.parent
+        self.base = base
         return [self._parse_file(p, base) for p in progress.progress(files, desc="reading labelme JSON", unit="file")
                 if _looks_like_labelme(p)]
 
     def _parse_file(self, path: Path, base: Path) -> _Item:
         key = path.relative_to(base).with_suffix("").as_posix()
         try:
-            data = json.loads(path.read_bytes())
-            shapes = data["shapes"]
+            contained(base, path, where=path, element="the file")
+            data = _read_json(path)
+            if not isinstance(data, dict):
+                raise ValueError("the top level is not an object")
+            shapes = data.get("shapes")
+            flags = data.get("flags") or {}
+            image_path = data.get("imagePath")
             if not isinstance(shapes, list):
-                raise TypeError("shapes is not a list")
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"shapes is {type(shapes).__name__}, not a list")
+            if not isinstance(flags, dict):
+                raise ValueError(f"flags is {type(flags).__name__}, not an object")
+            if image_path is not None and not isinstance(image_path, str):
+                raise ValueError(f"imagePath is {type(image_path).__name__}, not text")
+        except SourceItemError as e:
+            return _Item(key, str(path), None, None, error=(e.message, e.reason))
+        except ValueError as e:
             return _Item(key, str(path), None, None, error=(f"not a labelme JSON file: {e}", "broken annotation"))
-        image_path = data.get("imagePath")
-        item = _Item(key, str(path), str(image_path).replace("\\", "/") if image_path else None, None)
-        if data.get("imageHeight") and data.get("imageWidth"):
-            try:
-                item.size = check_canvas(data["imageWidth"], data["imageHeight"], path)
-            except SourceItemError as e:
-                item.error = (e.message, e.reason)
-                return item
-        for name, value in sorted((data.get("flags") or {}).items()):
-            if value is True:
-                self.inv.tags[name] += 1
-                concept = self.mapping.tag(name)
-                if concept is not None:
-                    item.tags.setdefault(concept.category, []).append(self.ids.get(concept))
-        for shape in shapes:
-            self._shape(shape, item)
+        item = _Item(key, str(path), image_path.replace("\\", "/") if image_path else None, None)
+        try:
+            # labelme writes both; other tools leave them null or 0 (unknown), which is not checked.
+            if data.get("imageHeight") and data.get("imageWidth"):
+                item.size = check_canvas(data.get("imageWidth"), data.get("imageHeight"), path)
+            for name, value in sorted(flags.items()):
+                if value is True:
+                    check_label_name(name.strip(), path=path, item=f"flag {name[:40]!r}", error=SourceItemError)
+                    self.inv.tags[name] += 1
+                    concept = self.mapping.tag(name)
+                    if concept is not None:
+                        item.tags.setdefault(concept.category, []).append(self.ids.get(concept))
+            for n, shape in enumerate(shapes):
+                if not isinstance(shape, dict):
+                    item.skipped["malformed shape"] += 1
+                    continue
+                self._shape(shape, item, n, path)
+        except SourceItemError as e:
+            item.error = (f"{e.item}: {e.message}" if e.item else e.message, e.reason if e.reason != "unreadable" else "bad label name")
         return item
 
-    def _shape(self, shape: dict, item: _Item) -> None:
+    def _shape(self, shape: dict, item: _Item, n: int, path: Path) -> None:
         kind = shape.get("shape_type") or "polygon"
-        label = str(shape.get("label") or "").strip()
+        raw = shape.get("label")
+        if not isinstance(kind, str) or not isinstance(raw, (str, type(None))):
+            item.skipped["malformed shape"] += 1
+            return
+        label = (raw or "").strip()
+        if label:
+            check_label_name(label, path=path, item=f"shapes[{n}].label", error=SourceItemError)
         if kind in NO_AREA:
             item.skipped[kind] += 1
             return
@@ -139,10 +189,11 @@ class LabelmeJsonBuilder(ExportBuilder):
                 (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
                 geometry = Shape("polygon", box_points(x0, y0, x1, y1), concepts) if x1 > x0 and y1 > y0 else None
             elif kind == "circle" and len(pts) == 2:
-                r = float(np.hypot(*(pts[1] - pts[0])))
-                geometry = Shape("ellipse", (pts[0][0], pts[0][1], r, r, 0.0), concepts) if r > 0 else None
+                with np.errstate(over="ignore", invalid="ignore"):
+                    r = float(np.hypot(*(pts[1] - pts[0])))
+                geometry = Shape("ellipse", (pts[0][0], pts[0][1], r, r, 0.0), concepts) if math.isfinite(r) and r > 0 else None
             elif kind == "mask" and len(pts) == 2 and isinstance(shape.get("mask"), str):
-                left, top = (int(round(v)) for v in pts.min(axis=0))
+                left, top = (int(round(min(max(v, -_FAR), _FAR))) for v in pts.min(axis=0))
                 geometry = Shape("labelme_patch", (left, top, shape["mask"]), concepts)
             elif kind not in ("polygon", "oriented_rectangle", "rectangle", "circle", "mask"):
                 item.skipped[f"unknown shape type {kind}"] += 1
@@ -162,6 +213,13 @@ class LabelmeJsonBuilder(ExportBuilder):
     def _image(self, entry: _Item) -> tuple[object, tuple[int, int]]:
         json_path = Path(entry.json)
         disk = (json_path.parent / entry.image_path) if entry.image_path else None
+        outside = None
+        if disk is not None and disk.is_file():
+            try:
+                contained(self.base, disk, where=json_path, element="imagePath")
+            except SourceItemError as e:
+                # Never read it; the embedded image, when there is one, is what the points refer to.
+                outside, disk = e, None
         if disk is not None and disk.is_file():
             try:
                 with Image.open(disk) as im:
@@ -171,18 +229,29 @@ class LabelmeJsonBuilder(ExportBuilder):
                     log.debug("%s: EXIF orientation applied, as labelme does", disk)
                     rotated = ImageOps.exif_transpose(im)
                     return rotated, (rotated.height, rotated.width)
+            except SourceItemError:
+                raise
             except Image.DecompressionBombError as e:
                 raise SourceItemError(f"refused: {e}", path=disk, reason="image too large") from None
             except (OSError, SyntaxError, ValueError) as e:
                 raise SourceItemError(f"cannot decode image: {e}", path=disk, reason="unreadable image") from None
-        data = json.loads(json_path.read_bytes()).get("imageData")
+        try:
+            data = _read_json(json_path).get("imageData")  # a dict: checked when the export was read
+        except ValueError as e:
+            raise SourceItemError(f"not a labelme JSON file: {e}", path=json_path, reason="broken annotation") from None
+        if not data and outside is not None:
+            raise SourceItemError(f"{outside.message} and no imageData is embedded", path=json_path, reason=outside.reason)
         if not data:
             raise SourceItemError("image file not found and no imageData embedded", path=disk or json_path, reason="missing image")
+        if not isinstance(data, str):
+            raise SourceItemError(f"imageData is {type(data).__name__}, not base64 text", path=json_path, reason="unreadable image")
         try:
             raw = base64.b64decode(data)
             with Image.open(io.BytesIO(raw)) as im:
                 check_canvas(im.width, im.height, json_path, what="embedded image")
                 return raw, (im.height, im.width)
+        except SourceItemError:
+            raise
         except Image.DecompressionBombError as e:
             raise SourceItemError(f"refused embedded image: {e}", path=json_path, reason="image too large") from None
         except (OSError, SyntaxError, ValueError, binascii.Error) as e:

@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 
 from concepts.builders import register
 from concepts.builders._bands import read_bands
-from concepts.builders._raster import candidate_dirs, image_size
+from concepts.builders._raster import candidate_dirs, image_size, inside_input
 from concepts.builders.base import Builder
 from concepts.errors import SourceError, SourceItemError, UsageError
 from concepts.labelcount import present_ids
@@ -49,8 +49,11 @@ def surface_names(name: str) -> tuple[str, ...]:
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    if path.is_dir():
+        raise SourceError("is a directory, expected a CSV file", path=path)
+    reader = None
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
@@ -59,16 +62,21 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     except FileNotFoundError:
         raise SourceError("file is missing", path=path) from None
     except UnicodeDecodeError as e:
-        raise SourceError(f"not UTF-8 text ({e.reason})", path=path) from None
+        raise SourceError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
+    except csv.Error as e:
+        raise SourceError(f"not a readable CSV ({e})", path=path, row=reader.line_num if reader else None) from None
+    except OSError as e:
+        raise SourceError(f"cannot read ({e.strerror or e})", path=path) from None
 
 
 def _colour_names(path: Path, name_column: str, code_column: str) -> dict[int, tuple[str, ...]]:
     out = {}
     for row, rec in enumerate(_read_csv(path, (name_column, code_column)), start=2):
-        try:
-            code = int(rec[code_column])
-        except (TypeError, ValueError):
-            raise SourceError(f"{code_column} {rec[code_column]!r} is not an integer", path=path, row=row) from None
+        text = (rec[code_column] or "").strip()
+        # ASCII digits only: int() would also take '²' or Arabic-Indic digits.
+        if not (text.isascii() and text.isdigit()) or len(text) > 3:
+            raise SourceError(f"{code_column} {text[:40]!r} is not an integer 1..255", path=path, row=row)
+        code = int(text)
         if not 0 < code < 256:
             raise SourceError(f"{code_column} {code} is outside 1..255", path=path, row=row)
         out[code] = surface_names(rec[name_column] or "")
@@ -115,7 +123,7 @@ class OpenSurfacesBuilder(Builder):
         raw_scene: dict[str, str] = {}
         for row, rec in enumerate(rows, start=2):
             photo = (rec["photo_id"] or "").strip()
-            if not photo.isdigit():
+            if not (photo.isascii() and photo.isdigit()):
                 raise SourceError(f"photo_id {photo!r} is not a number", path=base / "photos.csv", row=row)
             if photo not in raw_scene:
                 self.photos.append(photo)
@@ -134,12 +142,12 @@ class OpenSurfacesBuilder(Builder):
 
     def load(self, item: str) -> Record:
         """Material and object layers from the label rendering, and the photo's scene."""
-        photo = self.base / "photos" / f"{item}.jpg"
+        photo = inside_input(self.base, self.base / "photos" / f"{item}.jpg", what="photo", item=item)
         if not photo.is_file():
             raise SourceItemError("photo is missing (failed download?)", path=photo, reason="missing image")
         record = Record(key=item, image=photo)
         if self._wants("material") or self._wants("object"):
-            label_path = self.base / "photos-labels" / f"{item}.png"
+            label_path = inside_input(self.base, self.base / "photos-labels" / f"{item}.png", what="label image", item=item)
             red, green = read_bands(label_path, (0, 1), what="label image")
             record.image = self._oriented(photo, red.width, red.height)
             for category, band, table in (("material", red, self.materials), ("object", green, self.objects)):

@@ -30,9 +30,11 @@ import numpy as np
 import scipy.io
 
 from concepts.builders import register
+from concepts.builders._raster import inside_input
 from concepts.builders.base import Builder, Detection
 from concepts.errors import SourceError, SourceItemError, UsageError
 from concepts.labelcount import intp_scratch, present_ids
+from concepts.limits import check_pixels
 from concepts.records import Record
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ CONTEXT_59_NAMES = (
     "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa", "table", "track", "train",
     "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
 )
+#: Largest labels.txt index a (uint16) LabelMap can hold.
+MAX_CONTEXT_INDEX = 65535
 ADJECTIVES = frozenset({"left", "right", "front", "back", "upper", "lower", "side"})
 # Short part codes that part2ind.m leaves without a comment.
 SHORT_NAMES = {
@@ -95,12 +99,12 @@ def _split_comment(line: str) -> tuple[str, str]:
 
 _HEADER = re.compile(r"^\[\s*(\w+)\s*\]")
 _SILHOUETTE = re.compile(r"only has si\w*ouette", re.I)
-_ASSIGN = re.compile(r"^pimap\{(\d+)\}\(\s*'([^']+)'\s*\)\s*=\s*[^;]+;$")
-_LOOP_ASSIGN = re.compile(r"^pimap\{(\d+)\}\(\s*sprintf\(\s*'([^']*%d[^']*)'\s*,\s*(\w+)\s*\)\s*\)\s*=\s*[^;]+;$")
-_FOR = re.compile(r"^for\s+(\w+)\s*=\s*(\d+)\s*:\s*(\d+)\s*$")
-_KEYS = re.compile(r"^(key|value)Set\s*=\s*\1s\(\s*pimap\{(\d+)\}\s*\)\s*;$")
-_COPY = re.compile(r"^pimap\{(\d+)\}\s*=\s*containers\.Map\(\s*keySet\s*,\s*valueSet\s*\)\s*;$")
-_REMOVE = re.compile(r"^remove\(\s*pimap\{(\d+)\}\s*,\s*\{([^}]*)\}\s*\)\s*;$")
+_ASSIGN = re.compile(r"^pimap\{([0-9]{1,4})\}\(\s*'([^']+)'\s*\)\s*=\s*[^;]+;$")
+_LOOP_ASSIGN = re.compile(r"^pimap\{([0-9]{1,4})\}\(\s*sprintf\(\s*'([^']*%d[^']*)'\s*,\s*(\w+)\s*\)\s*\)\s*=\s*[^;]+;$")
+_FOR = re.compile(r"^for\s+(\w+)\s*=\s*([0-9]{1,4})\s*:\s*([0-9]{1,4})\s*$")
+_KEYS = re.compile(r"^(key|value)Set\s*=\s*\1s\(\s*pimap\{([0-9]{1,4})\}\s*\)\s*;$")
+_COPY = re.compile(r"^pimap\{([0-9]{1,4})\}\s*=\s*containers\.Map\(\s*keySet\s*,\s*valueSet\s*\)\s*;$")
+_REMOVE = re.compile(r"^remove\(\s*pimap\{([0-9]{1,4})\}\s*,\s*\{([^}]*)\}\s*\)\s*;$")
 _IGNORED = re.compile(r"^(function\b|end\b|pimap\s*=|pimap\{[A-Za-z_]\w*\}\s*=)")
 
 
@@ -171,8 +175,12 @@ def read_context_labels(path: Path) -> dict[int, str]:
         if not line.strip():
             continue
         index, sep, name = line.strip().partition(": ")
-        if not sep or not index.strip().isdigit() or not name.strip():
+        index = index.strip()
+        # ASCII digits only (int() also takes '²' and Arabic-Indic digits); a LabelMap is uint16.
+        if not sep or not (index.isascii() and index.isdigit()) or not name.strip():
             raise SourceError(f"expected 'index: name', got {line.strip()[:60]!r}", path=path, row=row)
+        if len(index) > 5 or int(index) > MAX_CONTEXT_INDEX:
+            raise SourceError(f"index {index[:40]} is above {MAX_CONTEXT_INDEX} (LabelMap values are 16-bit)", path=path, row=row)
         out[int(index)] = name.strip()
     if not out:
         raise SourceError("no labels listed", path=path)
@@ -318,19 +326,19 @@ class PascalBuilder(Builder):
 
     def load(self, item: str) -> Record:
         """The Context objects and Pascal-Part parts of one VOC image."""
-        image = self.jpeg_dir / f"{item}.jpg"
+        image = inside_input(self.root, self.jpeg_dir / f"{item}.jpg", what="image", item=item)
         if not image.is_file():
             raise SourceItemError("image is missing", path=image, reason="missing image")
         record = Record(key=item, image=image)
         if self.context_dir and (path := self.context_dir / f"{item}.mat").is_file():
-            objects = self._load_context(path)
+            objects = self._load_context(inside_input(self.root, path, what="Context annotation", item=item))
             ids = present_ids(objects)
             for ident in ids:
                 record.names[("object", ident)] = self.context_names[ident]
             if ids:
                 record.pixel["object"] = [objects]
         if self.parts_dir and (path := self.parts_dir / f"{item}.mat").is_file():
-            layer, skipped = self._load_parts(path)
+            layer, skipped = self._load_parts(inside_input(self.root, path, what="Part annotation", item=item))
             record.skipped.update(skipped)
             ids = present_ids(layer) if layer is not None else []
             if ids:
@@ -340,6 +348,7 @@ class PascalBuilder(Builder):
         return record
 
     def _load_context(self, path: Path) -> np.ndarray:
+        _check_declared_size(path, "LabelMap")
         label_map = _loadmat(path, "LabelMap")
         if label_map.ndim != 2 or label_map.dtype.kind not in "ui":
             raise SourceItemError(f"LabelMap must be a 2-D integer array, got {label_map.shape} {label_map.dtype}", path=path, reason="bad annotation")
@@ -390,6 +399,20 @@ class PascalBuilder(Builder):
         if name in VOC_CLASSES:
             return VOC_CLASSES.index(name) + 1
         raise SourceItemError(f"object without class_ind or a VOC class name ({name!r})", path=path, reason="bad annotation")
+
+
+def _check_declared_size(path: Path, variable: str) -> None:
+    """Refuse a 2-D variable whose declared size exceeds the pixel limit, reading only the .mat headers."""
+    try:
+        shapes = {name: shape for name, shape, _ in scipy.io.whosmat(path)}
+    except Exception:  # noqa: BLE001 - _loadmat reports unreadable files with their message
+        return
+    shape = shapes.get(variable)
+    if shape is not None and len(shape) == 2:
+        try:
+            check_pixels(shape[1], shape[0], what=variable, path=path, error=SourceItemError)
+        except SourceItemError as e:
+            raise SourceItemError(e.message, path=path, reason="image too large") from None
 
 
 def _loadmat(path: Path, variable: str) -> np.ndarray:

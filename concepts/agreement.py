@@ -68,6 +68,18 @@ class ImageAgreement:
 
 
 @dataclass
+class Unreadable:
+    """An item of one export that could not be read: the file it names, why, and the message."""
+
+    where: str
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass
 class AgreementReport:
     """The result of :func:`compare`."""
 
@@ -78,6 +90,9 @@ class AgreementReport:
     both_labelled: int = 0
     name_disagreement: int = 0
     confusions: list[tuple[str, str, str, int]] = field(default_factory=list)
+    #: Items left out because they could not be read, per export (never dropped silently).
+    unreadable_a: list[Unreadable] = field(default_factory=list)
+    unreadable_b: list[Unreadable] = field(default_factory=list)
 
     @property
     def mean_iou(self) -> float:
@@ -111,18 +126,47 @@ class AgreementReport:
             "images": [{"key": i.key, "segments": {k: list(v) for k, v in i.segments.items()}, "difference": i.difference} for i in self.images],
             "only_in_a": self.only_a,
             "only_in_b": self.only_b,
+            "unreadable_in_a": [asdict(u) for u in self.unreadable_a],
+            "unreadable_in_b": [asdict(u) for u in self.unreadable_b],
         }
 
 
-def _records(builder: Builder) -> dict[str, Record]:
+def item_name(builder: Builder, item: Any) -> str:
+    """The file an item stands for, as a user knows it (export builders number their items)."""
+    parsed = getattr(builder, "_parsed", None)
+    if isinstance(item, int) and isinstance(parsed, list) and 0 <= item < len(parsed):
+        entry = parsed[item]
+        for attr in ("file_name", "name", "image", "json", "xml", "key"):
+            value = getattr(entry, attr, None)
+            if isinstance(value, str) and value:
+                return value
+    if isinstance(item, tuple):
+        return "/".join(str(part) for part in item)
+    return str(item)
+
+
+def _records(builder: Builder) -> tuple[dict[str, Record], list[Unreadable]]:
     out: dict[str, Record] = {}
+    unreadable: list[Unreadable] = []
     for item in progress.progress(builder.items(), desc=f"reading {builder.root.name}", unit="img"):
         try:
             record = builder.load(item)
-        except SourceItemError:
+        except SourceItemError as e:
+            unreadable.append(Unreadable(str(e.path) if e.path else item_name(builder, item), e.reason, e.message))
+            continue
+        except (OSError, ValueError) as e:
+            # Corrupt files surface as decoder errors: the item is counted like any unreadable one.
+            unreadable.append(Unreadable(item_name(builder, item), "unreadable", f"{type(e).__name__}: {e}"))
             continue
         out[record.key] = record
-    return out
+    return out, unreadable
+
+
+def _counted(side: str, records: dict[str, Record], unreadable: list[Unreadable]) -> str:
+    text = f"{side}: {len(records)} readable"
+    if unreadable:
+        text += f", {len(unreadable)} unreadable (e.g. {unreadable[0]})"
+    return text
 
 
 def _name(record: Record, category: str, ident: int) -> str:
@@ -139,10 +183,13 @@ def _resize_to(layer: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def compare(a: Builder, b: Builder, *, categories: Sequence[str] | None = None) -> AgreementReport:
     """Compare two annotations of the same images, read by two builders."""
-    records_a, records_b = _records(a), _records(b)
+    (records_a, bad_a), (records_b, bad_b) = _records(a), _records(b)
     shared = sorted(set(records_a) & set(records_b))
     if not shared:
-        raise SourceError("the two exports share no image", path=b.root, hint="both must annotate the same image names")
+        counts = f"{_counted('A', records_a, bad_a)}; {_counted('B', records_b, bad_b)}"
+        if bad_a or bad_b:
+            raise SourceError(f"the two exports share no readable image ({counts})", path=b.root, hint="fix or remove the unreadable items")
+        raise SourceError(f"the two exports share no image ({counts})", path=b.root, hint="both must annotate the same image names")
     concepts: dict[tuple[str, str], ConceptAgreement] = {}
     images: list[ImageAgreement] = []
     confusions: Counter = Counter()
@@ -199,4 +246,6 @@ def compare(a: Builder, b: Builder, *, categories: Sequence[str] | None = None) 
         both_labelled=both,
         name_disagreement=disagree,
         confusions=[(c, x, y, n) for (c, x, y), n in sorted(confusions.items(), key=lambda kv: (-kv[1], kv[0]))],
+        unreadable_a=bad_a,
+        unreadable_b=bad_b,
     )

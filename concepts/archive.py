@@ -1,27 +1,55 @@
 """Safe extraction of untrusted .zip and .tar archives (annotation-tool exports).
 
 Every member is checked before anything is written: no absolute path, no ``..`` component, no
-drive letter, no symlink, hard link or device file, at most :data:`MAX_MEMBERS` members and
-:data:`MAX_BYTES` uncompressed bytes (declared sizes are checked first, then actual bytes are
-counted while copying, so a lying header cannot overshoot). A bad member raises
-:class:`~concepts.errors.UnsafeInputError` naming it; nothing is written outside ``dest``.
+drive letter, no NUL byte, no symlink, hard link or device file (tar members also pass tarfile's
+``data`` extraction filter where Python has it), at most :data:`MAX_MEMBERS` members. The
+expanded size is bounded (:func:`concepts.limits.archive_budget`): at most
+``CONCEPTS_MAX_ARCHIVE_BYTES`` (20 GiB by default) and at most ``CONCEPTS_MAX_ARCHIVE_RATIO``
+(100 by default) times the archive's own size, so a 1 MB zip cannot fill a disk. Declared sizes
+are checked first, then actual bytes are counted while copying, so a lying header cannot
+overshoot. A bad member raises :class:`~concepts.errors.UnsafeInputError` naming it; nothing is
+written outside ``dest``.
 """
 
 from __future__ import annotations
 
 import logging
+import lzma
 import shutil
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
-from concepts.errors import SourceError, UnsafeInputError
+from concepts.errors import ConceptsError, SourceError, UnsafeInputError
+from concepts.limits import archive_budget
 
 log = logging.getLogger(__name__)
 
+#: Most members an archive may hold (a guard against millions of tiny files).
 MAX_MEMBERS = 200_000
-MAX_BYTES = 20 * 1024**3
 _CHUNK = 1 << 20
+
+
+class _Budget:
+    """Bytes an archive may still expand to; raises once actual or declared bytes exceed it."""
+
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+        self.limit, self.hint = archive_budget(archive.stat().st_size)
+        self.left = self.limit
+
+    def refuse(self, what: str) -> UnsafeInputError:
+        return UnsafeInputError(f"archive {what}, more than the limit of {self.limit:,} bytes", path=self.archive, hint=self.hint)
+
+    def declared(self, total: int) -> None:
+        if total > self.limit:
+            raise self.refuse(f"declares {total:,} uncompressed bytes")
+
+    def spend(self, n: int, name: str) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise self.refuse(f"expands beyond its declared sizes (at member {name!r})")
 
 
 def _safe_name(name: str, archive: Path) -> PurePosixPath:
@@ -33,27 +61,25 @@ def _safe_name(name: str, archive: Path) -> PurePosixPath:
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
-def _copy(src, target: Path, budget: list[int], name: str, archive: Path) -> None:
+def _copy(src, target: Path, budget: _Budget, name: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "wb") as out:
         while chunk := src.read(_CHUNK):
-            budget[0] -= len(chunk)
-            if budget[0] < 0:
-                raise UnsafeInputError(f"archive expands beyond {MAX_BYTES} bytes (at member {name!r})", path=archive)
+            budget.spend(len(chunk), name)
             out.write(chunk)
 
 
-def _check_counts(count: int, declared: int, archive: Path) -> None:
+def _check_count(count: int, archive: Path) -> None:
     if count > MAX_MEMBERS:
         raise UnsafeInputError(f"archive has {count} members, more than the limit of {MAX_MEMBERS}", path=archive)
-    if declared > MAX_BYTES:
-        raise UnsafeInputError(f"archive declares {declared} uncompressed bytes, more than the limit of {MAX_BYTES}", path=archive)
 
 
 def _extract_zip(archive: Path, dest: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
-        _check_counts(len(infos), sum(i.file_size for i in infos), archive)
+        _check_count(len(infos), archive)
+        budget = _Budget(archive)
+        budget.declared(sum(i.file_size for i in infos))
         plan = []
         for info in infos:
             rel = _safe_name(info.filename, archive)
@@ -61,25 +87,39 @@ def _extract_zip(archive: Path, dest: Path) -> None:
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise UnsafeInputError(f"archive member {info.filename!r} is a symbolic link", path=archive)
             plan.append((info, rel))
-        budget = [MAX_BYTES]
         for info, rel in plan:
             target = dest / rel
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             with zf.open(info) as src:
-                _copy(src, target, budget, info.filename, archive)
+                _copy(src, target, budget, info.filename)
+
+
+def _tar_members(tf: tarfile.TarFile, archive: Path, budget: _Budget, dest: Path) -> list[tarfile.TarInfo]:
+    """Every member, checked, stopping as soon as a count or the declared size is too large."""
+    members, declared = [], 0
+    data_filter = getattr(tarfile, "data_filter", None)  # Python >= 3.11.4 / 3.12
+    for m in tf:
+        members.append(m)
+        _check_count(len(members), archive)
+        declared += m.size
+        budget.declared(declared)
+        _safe_name(m.name, archive)
+        if not (m.isfile() or m.isdir()):
+            raise UnsafeInputError(f"archive member {m.name!r} is a link or special file", path=archive)
+        if data_filter is not None:
+            try:
+                data_filter(m, str(dest))
+            except tarfile.FilterError as e:
+                raise UnsafeInputError(f"archive member {m.name!r} refused: {e}", path=archive) from None
+    return members
 
 
 def _extract_tar(archive: Path, dest: Path) -> None:
     with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        _check_counts(len(members), sum(m.size for m in members), archive)
-        for m in members:
-            _safe_name(m.name, archive)
-            if not (m.isfile() or m.isdir()):
-                raise UnsafeInputError(f"archive member {m.name!r} is a link or special file", path=archive)
-        budget = [MAX_BYTES]
+        budget = _Budget(archive)
+        members = _tar_members(tf, archive, budget, dest)
         for m in members:
             target = dest / _safe_name(m.name, archive)
             if m.isdir():
@@ -89,7 +129,7 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             if src is None:
                 raise SourceError(f"cannot read archive member {m.name!r}", path=archive)
             with src:
-                _copy(src, target, budget, m.name, archive)
+                _copy(src, target, budget, m.name)
 
 
 def is_archive(path: Path) -> bool:
@@ -111,9 +151,11 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
             _extract_tar(archive, dest)
         else:
             raise SourceError("not a zip or tar archive", path=archive)
-    except UnsafeInputError:
+    except ConceptsError:
         raise
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, NotImplementedError, RuntimeError,
+            zlib.error, lzma.LZMAError) as e:
+        # Corrupt, encrypted or unsupported members (zlib errors, "password required") end here too.
         if isinstance(e, FileNotFoundError) and not archive.exists():
             raise SourceError("no such archive", path=archive) from None
         raise SourceError(f"cannot extract archive: {e}", path=archive) from None

@@ -78,3 +78,7 @@ class OutputExistsError(ConceptsError, FileExistsError):
 
 class ModelError(ConceptsError, ValueError):
     """A model, checkpoint or layer cannot be used as asked."""
+
+
+class WorkerDiedError(ConceptsError, RuntimeError):
+    """A worker process ended without finishing its work (killed by the system, out of memory)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import shutil
 from collections import OrderedDict
@@ -19,15 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from concepts.broden import format as fmt
-from concepts.broden.reader import ConceptDataset, Sample
-from concepts.errors import DatasetFormatError, UsageError
+from concepts.broden.reader import ConceptDataset, Sample, decode_label_png
+from concepts.errors import DatasetFormatError, UnsafeInputError, UsageError
 from concepts.progress import progress
 from concepts.publish import CARD_FILE, DATA_DIR, TABLES_DIR, HubError, safe_relpath
-from concepts.staging import check_target, staged_output
+from concepts.staging import guard_target, staged_output
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,60 @@ def is_hf_folder(path: str | Path) -> bool:
     return (path / TABLES_DIR / fmt.INDEX_FILE).is_file() and any((path / DATA_DIR).glob("*.parquet"))
 
 
+def _input_root(folder: Path, spec: str | Path) -> Path:
+    """The folder a published dataset's files may point into (symbolic links resolved).
+
+    A Hub download is a snapshot folder whose files link into the repo cache's ``blobs/``: its
+    root is the repo cache folder two levels up; a local published folder is its own root.
+    """
+    if isinstance(spec, str) and spec.startswith(HF_PREFIX):
+        return Path(os.path.realpath(folder.parent.parent))
+    return Path(os.path.realpath(folder))
+
+
+def _contained(path: Path, root: Path, folder: Path) -> Path:
+    """``path`` itself, after checking that it (links resolved) stays inside ``root``."""
+    if not Path(os.path.realpath(path)).is_relative_to(root):
+        raise UnsafeInputError("is a symbolic link pointing outside the published folder; it is not followed",
+                               path=path, hint=f"replace it by the file itself in {folder}")
+    return path
+
+
+def _check_files(folder: Path, root: Path) -> tuple[list[Path], list[Path]]:
+    """The table files and Parquet shards of a published folder, each checked to stay inside ``root``."""
+    if not (folder / TABLES_DIR).is_dir():
+        raise DatasetFormatError("not a published dataset folder: expected data/*.parquet and tables/index.csv",
+                                 path=folder)
+    tables_dir = _contained(folder / TABLES_DIR, root, folder)
+    data_dir = _contained(folder / DATA_DIR, root, folder)
+    tables = []
+    for table in sorted(tables_dir.iterdir()):
+        if not _TABLE_NAME.match(table.name):
+            continue
+        _contained(table, root, folder)
+        if not table.is_file():
+            raise DatasetFormatError("is not a file (a table is expected here)", path=table)
+        tables.append(table)
+    shards = [_contained(shard, root, folder) for shard in sorted(data_dir.glob("*.parquet"))]
+    for shard in shards:
+        if not shard.is_file():
+            raise DatasetFormatError("is not a file (a Parquet shard is expected here)", path=shard)
+    return tables, shards
+
+
+def _open_shard(shard: Path) -> pq.ParquetFile:
+    """Open one Parquet shard; a damaged one is one line naming it."""
+    try:
+        return pq.ParquetFile(shard)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise _bad_shard(shard, e) from None
+
+
+def _bad_shard(shard: Path, err: BaseException) -> DatasetFormatError:
+    reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+    return DatasetFormatError(f"cannot read this Parquet shard ({reason})", path=shard)
+
+
 def _resolve(spec: str | Path, **kwargs: Any) -> Path:
     if isinstance(spec, str) and spec.startswith(HF_PREFIX):
         return download(spec, **kwargs)
@@ -94,14 +150,17 @@ class HubDataset(ConceptDataset):
     def __init__(self, folder: str | Path, spec: str | None = None) -> None:
         self.folder = Path(folder)
         self.spec = spec or str(folder)
-        super().__init__(self.folder / TABLES_DIR)
-        self.shards = sorted((self.folder / DATA_DIR).glob("*.parquet"))
+        _, self.shards = _check_files(self.folder, _input_root(self.folder, self.spec))
+        super().__init__(self.folder / TABLES_DIR, input_root=_input_root(self.folder, self.spec))
         self._where: dict[str, tuple[int, int, int]] = {}
         for si, shard in enumerate(self.shards):
             pf = self._parquet(si)
-            for rg in range(pf.num_row_groups):
-                for offset, path in enumerate(pf.read_row_group(rg, columns=["path"]).column(0).to_pylist()):
-                    self._where[path] = (si, rg, offset)
+            try:
+                for rg in range(pf.num_row_groups):
+                    for offset, path in enumerate(pf.read_row_group(rg, columns=["path"]).column(0).to_pylist()):
+                        self._where[path] = (si, rg, offset)
+            except (pa.ArrowException, OSError, ValueError, KeyError) as e:
+                raise _bad_shard(shard, e) from None
         missing = [s.image for s in self.samples if s.image not in self._where]
         if missing:
             raise DatasetFormatError(f"{len(missing)} image(s) of index.csv have no Parquet row, e.g. {missing[0]!r}",
@@ -122,7 +181,7 @@ class HubDataset(ConceptDataset):
     def _parquet(self, shard: int) -> pq.ParquetFile:
         files = self.__dict__.setdefault("_files", {})
         if shard not in files:
-            files[shard] = pq.ParquetFile(self.shards[shard])
+            files[shard] = _open_shard(self.shards[shard])
         return files[shard]
 
     def _column(self, sample: Sample, column: str) -> Any:
@@ -131,7 +190,10 @@ class HubDataset(ConceptDataset):
         groups: OrderedDict = self.__dict__.setdefault("_groups", OrderedDict())
         key = (si, rg, column)
         if key not in groups:
-            groups[key] = self._parquet(si).read_row_group(rg, columns=[column]).column(0).to_pylist()
+            try:
+                groups[key] = self._parquet(si).read_row_group(rg, columns=[column]).column(0).to_pylist()
+            except (pa.ArrowException, OSError, ValueError, KeyError) as e:
+                raise _bad_shard(self.shards[si], e) from None
             while len(groups) > _CACHE_GROUPS:
                 groups.popitem(last=False)
         groups.move_to_end(key)
@@ -166,10 +228,7 @@ class HubDataset(ConceptDataset):
 
     def load_png(self, relpath: str) -> np.ndarray:
         """Decode one RG-encoded label PNG (path relative to ``images/``) to int32 numbers."""
-        with Image.open(io.BytesIO(self.png_bytes(relpath))) as im:
-            if im.mode != "RGB":
-                raise DatasetFormatError(f"label PNG must be 8-bit RGB, got mode {im.mode}", path=self.folder, item=relpath)
-            return fmt.decode_rg_image(im)
+        return decode_label_png(io.BytesIO(self.png_bytes(relpath)), path=self.folder, item=relpath)
 
 
 def open_hf(spec: str | Path, **kwargs: Any) -> HubDataset:
@@ -197,19 +256,21 @@ def open_any(spec: str | Path, **kwargs: Any) -> ConceptDataset:
 def pull(spec: str | Path, output: str | Path, *, overwrite: bool = False, **kwargs: Any) -> Path:
     """Materialise the Broden folder of a published dataset in ``output``; return it."""
     out = Path(output).absolute()
-    check_target(out, overwrite)
+    local = not (isinstance(spec, str) and spec.startswith(HF_PREFIX))
+    guard_target(out, kind="dataset", overwrite=overwrite, inputs=[Path(spec)] if local else [])
     folder = _resolve(spec, **kwargs)
-    with staged_output(out, overwrite) as tmp:
-        for table in sorted((folder / TABLES_DIR).iterdir()):
-            if table.is_file() and _TABLE_NAME.match(table.name):
-                shutil.copyfile(table, tmp / table.name)
+    tables, shards = _check_files(folder, _input_root(folder, spec))
+    with staged_output(out, kind="dataset", overwrite=overwrite, inputs=[folder]) as tmp:
+        for table in tables:
+            shutil.copyfile(table, tmp / table.name)
         images = tmp / fmt.IMAGES_DIR
-        shards = sorted((folder / DATA_DIR).glob("*.parquet"))
-        total = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
-        rows = (row for shard in shards for batch in pq.ParquetFile(shard).iter_batches(batch_size=64)
-                for row in _rows(batch, shard))
+        total = sum(_open_shard(s).metadata.num_rows for s in shards)
+        rows = (pair for shard in shards for pair in _rows(shard))
         for shard, row in progress(rows, desc="pulling", total=total, unit="img"):
-            _write(images, row["image"], shard)
+            image = row.get("image")
+            if not isinstance(image, dict):
+                raise DatasetFormatError("a row has no image cell", path=shard, item=str(row.get("path"))[:200])
+            _write(images, image, shard)
             for key, value in row.items():
                 if isinstance(value, list):
                     for cell in value:
@@ -220,18 +281,32 @@ def pull(spec: str | Path, output: str | Path, *, overwrite: bool = False, **kwa
     return out
 
 
-def _rows(batch: Any, shard: Path) -> Any:
-    for row in batch.to_pylist():
-        yield shard, row
+def _rows(shard: Path) -> Any:
+    """The rows of one shard with the shard they come from; a damaged shard is one line naming it."""
+    try:
+        for batch in _open_shard(shard).iter_batches(batch_size=64):
+            for row in batch.to_pylist():
+                yield shard, row
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise _bad_shard(shard, e) from None
 
 
 def _write(images: Path, cell: dict[str, Any], shard: Path) -> None:
-    relpath = safe_relpath(cell.get("path") or "", path=shard)
-    if cell.get("bytes") is None:
+    path = cell.get("path")
+    if not isinstance(path, str):
+        raise DatasetFormatError("a stored file has no path", path=shard)
+    relpath = safe_relpath(path, path=shard)
+    data = cell.get("bytes")
+    if not isinstance(data, bytes):
         raise DatasetFormatError("a stored file has no bytes", path=shard, item=relpath)
     target = images / relpath
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(cell["bytes"])
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        # The shards name one path both as a file and as a folder (a/b.png and a/b.png/c.png).
+        raise DatasetFormatError("a stored file's path is also a folder of other stored files (or the reverse)",
+                                 path=shard, item=relpath) from None
 
 
 def _check_complete(root: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -46,7 +47,11 @@ def set_max_pixels(limit: int | None) -> None:
 
 def apply_to_pillow() -> None:
     """Make Pillow refuse (not only warn about) images above the limit when decoding."""
+    # Pillow refuses only above twice MAX_IMAGE_PIXELS (a last line of defence); sizes between the
+    # limit and twice it are refused by check_pixels on the header, with our message, so Pillow's
+    # warning for them is noise.
     Image.MAX_IMAGE_PIXELS = max_pixels()
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def check_pixels(
@@ -83,7 +88,7 @@ def check_pixels(
     w, h = dims
     limit = max_pixels()
     if w * h > limit:
-        raise _err(error, f"{what} size {w} x {h} = {w * h:,} pixels exceeds the limit of {limit:,} pixels ({HINT})", path, item)
+        raise _err(error, f"{what} of {w} x {h} = {w * h:,} pixels exceeds the limit of {limit:,} pixels ({HINT})", path, item)
     return h, w
 
 
@@ -94,4 +99,54 @@ def _err(error: type[Exception], message: str, path: str | Path | None, item: st
         return error(message)
 
 
-apply_to_pillow()
+try:
+    apply_to_pillow()
+except UsageError:  # a malformed CONCEPTS_MAX_PIXELS is reported by the command that reads it
+    Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+
+
+# --- Archives (concepts.archive) ------------------------------------------------------------------
+#
+# An export archive is refused before it is written out when its members declare more than the
+# byte limit, or more than the ratio limit times the archive's own size (a zip bomb); the same
+# bounds are enforced again on the bytes actually written, since headers can lie. Archives that
+# expand to less than ARCHIVE_RATIO_FLOOR bytes are never refused for their ratio (small exports of
+# XML or flat test images compress very well).
+
+#: Largest total an archive may expand to (bytes); CONCEPTS_MAX_ARCHIVE_BYTES overrides it.
+DEFAULT_MAX_ARCHIVE_BYTES = 20 * 1024**3
+ARCHIVE_BYTES_ENV = "CONCEPTS_MAX_ARCHIVE_BYTES"
+#: Largest expanded size / archive size; CONCEPTS_MAX_ARCHIVE_RATIO overrides it.
+DEFAULT_MAX_ARCHIVE_RATIO = 100
+ARCHIVE_RATIO_ENV = "CONCEPTS_MAX_ARCHIVE_RATIO"
+#: Expanded sizes up to this many bytes pass whatever their ratio.
+ARCHIVE_RATIO_FLOOR = 64 * 1024**2
+
+
+def _env_limit(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit() or int(raw) <= 0:
+        raise UsageError(f"{name}={raw!r}: expected a positive whole number")
+    return int(raw)
+
+
+def max_archive_bytes() -> int:
+    """The most bytes an archive may expand to: ``CONCEPTS_MAX_ARCHIVE_BYTES`` if set, else 20 GiB."""
+    return _env_limit(ARCHIVE_BYTES_ENV, DEFAULT_MAX_ARCHIVE_BYTES)
+
+
+def max_archive_ratio() -> int:
+    """The largest expanded-to-archive size ratio: ``CONCEPTS_MAX_ARCHIVE_RATIO`` if set, else 100."""
+    return _env_limit(ARCHIVE_RATIO_ENV, DEFAULT_MAX_ARCHIVE_RATIO)
+
+
+def archive_budget(archive_size: int) -> tuple[int, str]:
+    """How many bytes an archive of ``archive_size`` bytes may expand to, and which limit says so."""
+    total = max_archive_bytes()
+    by_ratio = max(max_archive_ratio() * archive_size, ARCHIVE_RATIO_FLOOR)
+    if by_ratio < total:
+        return by_ratio, (f"an archive may expand to {max_archive_ratio()} times its size, or to "
+                          f"{ARCHIVE_RATIO_FLOOR:,} bytes when smaller; raise {ARCHIVE_RATIO_ENV} if the archive is trusted")
+    return total, f"raise {ARCHIVE_BYTES_ENV} if the archive is trusted"

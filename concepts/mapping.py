@@ -13,6 +13,7 @@ Builders call :meth:`ConceptMapping.shape`, :meth:`ConceptMapping.tag` and
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from concepts.broden.format import MAX_RG, check_category_name, check_label_name, shown
 from concepts.errors import SourceError, UsageError
 from concepts.vocabulary import normalize_name, scene_name
 
@@ -63,6 +65,8 @@ class ConceptMapping:
     tag_category: str = DEFAULT_TAG
     keep_unmapped: bool = True
     source: Path | None = None
+    #: Every category the file names, with the key path where it first appears (``labels.x.category``).
+    categories: dict[str, str] = field(default_factory=dict)
     _normalised: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict, repr=False, compare=False)
 
     def _entry(self, table: Mapping[str, Any], label: str) -> Any:
@@ -119,7 +123,8 @@ class ConceptMapping:
 class LabelIds:
     """Stable source ids of the concepts of one export: ``(category, names) -> id`` per category."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = path
         self.ids: dict[tuple[str, tuple[str, ...]], int] = {}
         self.names: dict[tuple[str, int], tuple[str, ...]] = {}
         self._next: Counter = Counter()
@@ -128,6 +133,10 @@ class LabelIds:
         """The id of a concept in its category, assigned on first use (1, 2, ...)."""
         key = (concept.category, concept.names)
         if key not in self.ids:
+            # Label layers hold ids as 16-bit numbers: a 65,536th id would wrap around to 0, 1, ...
+            if self._next[concept.category] >= MAX_RG:
+                raise SourceError(f"more than {MAX_RG:,} distinct labels in category {concept.category!r}; "
+                                  "the format cannot number them", path=self.path)
             self._next[concept.category] += 1
             ident = self._next[concept.category]
             self.ids[key] = ident
@@ -136,40 +145,83 @@ class LabelIds:
 
 
 def _fail(path: Path, where: str, message: str) -> SourceError:
-    return SourceError(f"{where}: {message}", path=path, hint="see docs/concept-mapping.md for the format")
+    return SourceError(f"{where}: {message}", path=path, item=_line(path, where), hint="see docs/concept-mapping.md for the format")
 
 
-def _category(path: Path, where: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(path, where, f"category must be a non-empty string, got {value!r}")
-    text = normalize_name(value)
-    if not set(text) <= _CATEGORY_CHARS:
-        raise _fail(path, where, f"category {value!r} may only use lower-case letters, digits, '_' and '-'")
-    return text
+# The text of each mapping file read, to name the line of an error (tomllib reports no positions).
+_TEXTS: dict[Path, str] = {}
 
 
-def _parse_entry(path: Path, where: str, value: Any, *, allow_category: bool = True) -> _Entry:
+def _line(path: Path, where: str) -> str | None:
+    """``line N`` of the key path ``where`` (``labels.cat.category``) in a mapping file, best effort."""
+    text = _TEXTS.get(path)
+    if text is None or where == "top level":
+        return None
+    lines = text.splitlines()
+    at = 0
+    for key in where.split("."):
+        pattern = re.compile(r"(?<![\w-])" + re.escape(key) + r"(?![\w-])")
+        found = next((i for i in range(at, len(lines)) if pattern.search(lines[i])), None)
+        if found is None:
+            break
+        at = found
+    return f"line {at + 1}"
+
+
+def locate(path: Path, where: str) -> str:
+    """``line N, labels.x.category`` (or just the key path when the line cannot be found)."""
+    line = _line(path, where)
+    return f"{line}, {where}" if line else where
+
+
+def _category(path: Path, where: str, value: Any, mapping: ConceptMapping | None = None) -> str:
+    try:
+        check_category_name(value, path=path, item=where, error=UsageError)
+    except UsageError:
+        # The line is looked up only for an error: a search per entry would be quadratic.
+        check_category_name(value, path=path, item=locate(path, where), error=UsageError)
+    if mapping is not None:
+        mapping.categories.setdefault(value, where)
+    return value
+
+
+def _name(path: Path, where: str, value: str) -> str:
+    try:
+        return check_label_name(value, path=path, item=where, error=UsageError)
+    except UsageError:
+        return check_label_name(value, path=path, item=locate(path, where), error=UsageError)
+
+
+def _parse_entry(path: Path, where: str, value: Any, mapping: ConceptMapping, *, allow_category: bool = True) -> _Entry:
     if value is None or value is False or value == "drop":
         return _Entry(drop=True)
     if isinstance(value, str):
-        return _Entry(names=(value,))
+        return _Entry(names=(_name(path, where, value),))
     if not isinstance(value, Mapping):
-        raise _fail(path, where, f"expected a table (category/name/synonyms), 'drop' or a name, got {value!r}")
+        raise _fail(path, where, f"expected a table (category/name/synonyms), 'drop' or a name, got {_short(value)}")
     unknown = set(value) - _ENTRY_KEYS
     if unknown:
-        raise _fail(path, where, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(_ENTRY_KEYS))}")
+        raise _fail(path, where, f"unknown key(s) {', '.join(sorted(str(k)[:60] for k in unknown))}; allowed: {', '.join(sorted(_ENTRY_KEYS))}")
     if value.get("drop"):
         return _Entry(drop=True)
-    category = _category(path, f"{where}.category", value["category"]) if "category" in value and allow_category else None
+    category = _category(path, f"{where}.category", value["category"], mapping) if "category" in value and allow_category else None
     name = value.get("name")
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise _fail(path, f"{where}.name", f"must be a non-empty string, got {name!r}")
+    if name is not None and not isinstance(name, str):
+        raise _fail(path, f"{where}.name", f"must be a non-empty string, got {_short(name)}")
+    if name is not None:
+        _name(path, f"{where}.name", name)
     syns = value.get("synonyms", [])
     if isinstance(syns, str):
         syns = [syns]
     if not isinstance(syns, list) or not all(isinstance(s, str) for s in syns):
-        raise _fail(path, f"{where}.synonyms", f"must be a list of strings, got {syns!r}")
+        raise _fail(path, f"{where}.synonyms", f"must be a list of strings, got {_short(syns)}")
+    for syn in syns:
+        _name(path, f"{where}.synonyms", syn)
     return _Entry(category=category, names=((name,) if name else ()) + tuple(syns))
+
+
+def _short(value: Any) -> str:
+    return shown(value)
 
 
 def _read(path: Path) -> Any:
@@ -178,17 +230,27 @@ def _read(path: Path) -> Any:
     except FileNotFoundError:
         raise UsageError("concept mapping file not found", path=path) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise SourceError(f"cannot read concept mapping: {e}", path=path) from None
+        raise SourceError(f"cannot read concept mapping: {' '.join(str(e).split())}", path=path) from None
+    _TEXTS[path] = text
     if path.suffix.lower() == ".toml":
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise SourceError(f"not valid TOML: {e}", path=path) from None
+            raise SourceError(f"not valid TOML: {' '.join(str(e).split())}", path=path) from None
+        except RecursionError:
+            raise SourceError("not a usable TOML mapping: nested too deeply", path=path) from None
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        # libyaml's safe loader when present: same safe constructors, many times faster on large
+        # starter mappings, and it bounds nesting depth itself.
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
+        raise SourceError(f"not valid YAML: {' '.join(str(e).split())}", path=path) from None
+    except RecursionError:
+        raise SourceError("not a usable YAML mapping: nested too deeply", path=path) from None
+    except (ValueError, OverflowError) as e:
+        # PyYAML's constructors raise plain errors on some values (a timestamp out of range).
         raise SourceError(f"not valid YAML: {' '.join(str(e).split())}", path=path) from None
 
 
@@ -204,18 +266,18 @@ def load_mapping(path: str | Path | None) -> ConceptMapping:
         raise _fail(path, "top level", "must be a table with labels/attributes/tags")
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise _fail(path, "top level", f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+        raise _fail(path, "top level", f"unknown key(s) {', '.join(sorted(str(k)[:60] for k in unknown))}; allowed: {', '.join(sorted(_TOP_KEYS))}")
     if data.get("version", 1) != 1:
-        raise _fail(path, "version", f"unsupported version {data.get('version')!r} (this program reads version 1)")
+        raise _fail(path, "version", f"unsupported version {_short(data.get('version'))} (this program reads version 1)")
     unmapped = data.get("unmapped", "keep")
     if unmapped not in ("keep", "drop"):
-        raise _fail(path, "unmapped", f"must be 'keep' or 'drop', got {unmapped!r}")
+        raise _fail(path, "unmapped", f"must be 'keep' or 'drop', got {_short(unmapped)}")
     mapping = ConceptMapping(keep_unmapped=unmapped == "keep", source=path)
     labels = data.get("labels") or {}
     if not isinstance(labels, Mapping):
         raise _fail(path, "labels", "must be a table of label: entry")
     for label, value in labels.items():
-        mapping.labels[str(label)] = _parse_entry(path, f"labels.{label}", value)
+        mapping.labels[str(label)] = _parse_entry(path, f"labels.{label}", value, mapping)
     attributes = data.get("attributes") or {}
     if not isinstance(attributes, Mapping):
         raise _fail(path, "attributes", "must be a table of attribute: entry")
@@ -225,22 +287,24 @@ def load_mapping(path: str | Path | None) -> ConceptMapping:
             mapping.attributes[str(name)] = _Attribute(drop=True)
             continue
         if isinstance(value, str):
-            mapping.attributes[str(name)] = _Attribute(category=_category(path, where, value))
+            mapping.attributes[str(name)] = _Attribute(category=_category(path, where, value, mapping))
             continue
         if not isinstance(value, Mapping) or set(value) - {"category", "values"}:
             raise _fail(path, where, "must be a category name, 'drop', or a table with category and values")
-        attr = _Attribute(category=_category(path, f"{where}.category", value["category"]) if "category" in value else None)
+        # Without a category the attribute's own name is the category: it must be a valid one.
+        attr = _Attribute(category=_category(path, f"{where}.category" if "category" in value else where,
+                                             value["category"] if "category" in value else str(name), mapping))
         values = value.get("values") or {}
         if not isinstance(values, Mapping):
             raise _fail(path, f"{where}.values", "must be a table of value: entry")
         for v, entry in values.items():
-            attr.values[str(v)] = _parse_entry(path, f"{where}.values.{v}", entry)
+            attr.values[str(v)] = _parse_entry(path, f"{where}.values.{v}", entry, mapping)
         mapping.attributes[str(name)] = attr
     tags = data.get("tags") or {}
     if not isinstance(tags, Mapping) or set(tags) - {"category"}:
         raise _fail(path, "tags", "must be a table with one key, category")
     if "category" in tags:
-        mapping.tag_category = _category(path, "tags.category", tags["category"])
+        mapping.tag_category = _category(path, "tags.category", tags["category"], mapping)
     return mapping
 
 

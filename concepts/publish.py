@@ -33,7 +33,7 @@ from concepts.broden.reader import ConceptDataset, Sample
 from concepts.errors import ConceptsError, UnsafeInputError, UsageError
 from concepts.progress import progress
 from concepts.publish_card import render_card, table_configs
-from concepts.staging import check_target, staged_output
+from concepts.staging import MARKER, guard_target, staged_output
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,20 @@ def build_features(ds: ConceptDataset, kinds: dict[str, str]) -> Any:
     return datasets.Features(columns)
 
 
+def _inside(ds: ConceptDataset, path: Path) -> Path:
+    """``path``, after checking that it (symbolic links resolved) stays inside the dataset folder."""
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(ds.root)):
+        raise UnsafeInputError("is a symbolic link pointing outside the dataset; it is not followed",
+                               path=path, hint="replace the link by the file itself")
+    return path
+
+
 def _row_bytes(ds: ConceptDataset, sample: Sample) -> int:
     images = ds.root / fmt.IMAGES_DIR
     paths = [sample.image] + [p for cat in ds.category_names for p in sample.pixel_paths(cat)]
     try:
-        return sum((images / p).stat().st_size for p in paths)
+        return sum(_inside(ds, images / safe_relpath(p, path=ds.root / fmt.INDEX_FILE, item=sample.image)).stat().st_size
+                   for p in paths)
     except FileNotFoundError as e:
         raise ConceptsError("file listed in index.csv is missing", path=e.filename) from None
 
@@ -155,11 +164,13 @@ def plan_shards(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
 
 def _read(ds: ConceptDataset, relpath: str, sample: Sample) -> bytes:
     safe_relpath(relpath, path=ds.root / fmt.INDEX_FILE, item=sample.image)
-    path = ds.root / fmt.IMAGES_DIR / relpath
+    path = _inside(ds, ds.root / fmt.IMAGES_DIR / relpath)
     try:
         return path.read_bytes()
     except FileNotFoundError:
         raise ConceptsError("file listed in index.csv is missing", path=path) from None
+    except IsADirectoryError:
+        raise ConceptsError("file listed in index.csv is a folder", path=path) from None
 
 
 def _row(ds: ConceptDataset, sample: Sample, kinds: dict[str, str]) -> dict[str, Any]:
@@ -245,11 +256,11 @@ def publish(source: str | Path, output: str | Path, options: PublishOptions | No
             api: Any = None) -> PublishSummary:
     """Write a Broden folder as a Hugging Face dataset folder; push it when ``options.repo_id`` is set."""
     options = options or PublishOptions()
-    ds = ConceptDataset(source)
     out = Path(output).absolute()
-    check_target(out, options.overwrite)
-    if out == ds.root.absolute() or ds.root.absolute() in out.parents:
-        raise UsageError("the output must lie outside the source dataset", path=out)
+    guard_target(out, kind="published", overwrite=options.overwrite, inputs=[Path(source)])
+    ds = ConceptDataset(source)
+    for name in table_files(ds):
+        _inside(ds, ds.root / name)
     if not ds.samples:
         raise UsageError("the dataset has no images; nothing to publish", path=ds.root / fmt.INDEX_FILE)
     splits: dict[str, list[Sample]] = {}
@@ -264,7 +275,7 @@ def publish(source: str | Path, output: str | Path, options: PublishOptions | No
     schema = features.arrow_schema
     summary = PublishSummary(output=out)
 
-    with staged_output(out, options.overwrite) as tmp:
+    with staged_output(out, kind="published", overwrite=options.overwrite, inputs=[ds.root]) as tmp:
         (tmp / DATA_DIR).mkdir()
         (tmp / TABLES_DIR).mkdir()
         for name in table_files(ds):
@@ -304,6 +315,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, api: Any = 
     API and never logged or written.
     """
     folder = Path(folder)
+    _refuse_outside_links(folder)
     token = token or find_token()
     if not token:
         raise HubError("no Hugging Face token; nothing was uploaded", path=folder,
@@ -315,6 +327,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, api: Any = 
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset", token=token,
+                          ignore_patterns=[MARKER],
                           commit_message=f"Publish {folder.name} with concepts")
     # The HTTP layer's exception classes differ between huggingface_hub releases; any failure here
     # is reported as one line and the local folder stays as written.
@@ -324,6 +337,17 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, api: Any = 
                        hint="check the network, the token's write access and the repo id") from None
     log.info("pushed %s to the Hub as %s", folder, repo_id)
     return f"https://huggingface.co/datasets/{repo_id}"
+
+
+def _refuse_outside_links(folder: Path) -> None:
+    """Refuse to upload a folder holding a symbolic link to anything outside it."""
+    root = Path(os.path.realpath(folder))
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(root):
+                raise UnsafeInputError("is a symbolic link pointing outside the folder; nothing was uploaded",
+                                       path=path, hint="replace the link by the file itself")
 
 
 def _scrub(text: str, token: str) -> str:

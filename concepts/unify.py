@@ -15,6 +15,7 @@ complete; results are gathered in item order, so the output does not depend on t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import hashlib
@@ -26,12 +27,13 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,17 +46,15 @@ from concepts import progress
 from concepts.broden import format as fmt
 from concepts.broden.writer import IndexRow, write_readme, write_syns, write_tables
 from concepts.colors import COLOR_CATEGORY, COLOR_LABEL_NAMES, COLOR_SOURCE, color_ids
-from concepts.errors import ConceptsError, SourceItemError, UsageError
+from concepts.errors import ConceptsError, SourceItemError, UsageError, WorkerDiedError
 from concepts.labelcount import forget as forget_counts
 from concepts.labelcount import label_counts
-from concepts.staging import check_target, move_into_place
+from concepts.limits import apply_to_pillow  # noqa: F401  (Pillow refuses images above the pixel limit)
+from concepts.staging import guard_target, staged_output, write_failed
 from concepts.vocabulary import Numbering, Vocabulary
 
 log = logging.getLogger(__name__)
 
-#: Decoding refuses images above this many pixels (a deliberate, documented bomb limit).
-MAX_IMAGE_PIXELS = 250_000_000
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 Size = tuple[int, int]
 #: Encoder settings of the label PNGs: label maps are long runs, which zlib's run-length strategy
@@ -196,9 +196,28 @@ def _tune_allocator() -> None:
     mallopt(m_trim_threshold, 256 << 20)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have Linux kill this worker if the build process dies (SIGKILL), so no worker is orphaned."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 def _init_pool_worker(*args: Any) -> None:
-    # Ctrl-C is the parent's to handle: it terminates the pool and removes the partial output.
+    # Ctrl-C and SIGTERM are the parent's to handle, also when they reach the whole process group
+    # (a terminal, `timeout`, systemd): it stops the pool and removes the partial output. The pool
+    # ends its workers with SIGKILL (_KillableWorker), which needs no handler in the worker, so a
+    # worker never dies half-way through a queue operation because of a signal meant for the build.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    killable = type(multiprocessing.current_process()).__name__ == "_KillableWorker"
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if killable else signal.SIG_DFL)
+    # Both were blocked since the fork (see _run): anything that arrived meanwhile is now dropped.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    _die_with_parent(_W.get("parent", os.getppid()))
     _tune_allocator()
     # The objects inherited from the parent live as long as the worker: keep the cyclic
     # collector from rescanning them while each image's records come and go.
@@ -331,6 +350,8 @@ def _stage_item(task: tuple[int, int, Any]) -> _Staged:
     except SourceItemError as e:
         out.error = (str(e.path or item), e.reason, e.message)
     except (OSError, ValueError) as e:
+        if isinstance(e, OSError) and write_failed(e, _W["work"]):
+            raise  # a full or read-only output location is the build's failure, not the item's
         # Corrupt source files surface as decoder errors; they skip the item like any bad input.
         out.error = (str(item), "unreadable", f"{type(e).__name__}: {e}")
     return out
@@ -393,10 +414,35 @@ def _unique_keys(sources: Sequence[Builder]) -> list[str]:
     return keys
 
 
-def _pool(workers: int, sources: list[Builder], work: Path, options: BuildOptions, luts: dict | None):
+if hasattr(multiprocessing.context, "ForkContext"):
+
+    class _KillableWorker(multiprocessing.context.ForkProcess):
+        """A pool worker that the pool ends with SIGKILL (``terminate``), as it ignores SIGTERM."""
+
+        def terminate(self) -> None:
+            self.kill()
+
+    class _WorkerContext(multiprocessing.context.ForkContext):
+        Process = _KillableWorker
+
+
+def _executor(workers: int, sources: list[Builder], work: Path, options: BuildOptions, luts: dict | None) -> ProcessPoolExecutor:
+    # A process pool that notices a dead worker (the out-of-memory killer, a crash) and fails, where
+    # multiprocessing.Pool would replace it silently and wait forever for its lost task.
     # fork, as torch DataLoader does on Linux: workers inherit the builders without re-importing __main__.
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    return ctx.Pool(workers, initializer=_init_pool_worker, initargs=(sources, work, options, luts))
+    if "fork" in multiprocessing.get_all_start_methods() and hasattr(multiprocessing.context, "ForkContext"):
+        ctx = _WorkerContext()
+    else:
+        ctx = multiprocessing.get_context("spawn")
+    _W["parent"] = os.getpid()
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_pool_worker, initargs=(sources, work, options, luts))
+
+
+def _kill_workers(executor: ProcessPoolExecutor) -> None:
+    """End every worker now (an interrupt or a failure): they hold nothing that needs a clean exit."""
+    for proc in list((getattr(executor, "_processes", None) or {}).values()):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            proc.kill()
 
 
 def _run(fn, tasks: list, workers: int, sources, work, options, luts, desc: str, unit: str) -> list:
@@ -404,15 +450,30 @@ def _run(fn, tasks: list, workers: int, sources, work, options, luts, desc: str,
         _init_worker(sources, work, options, luts)
         return list(progress.progress(map(fn, tasks), desc=desc, total=len(tasks), unit=unit))
     workers = max(1, workers)
-    pool = _pool(workers, sources, work, options, luts)
+    chunk = max(1, min(16, len(tasks) // (workers * 8)))
+    executor = _executor(workers, sources, work, options, luts)
     try:
-        chunk = max(1, min(16, len(tasks) // (workers * 8)))
-        results = list(progress.progress(pool.imap(fn, tasks, chunksize=chunk), desc=desc, total=len(tasks), unit=unit))
-        pool.close()
-        return results
-    finally:
-        pool.terminate()
-        pool.join()
+        # The workers are forked on the first submission: they start with SIGINT and SIGTERM
+        # blocked, so a signal never finds a new worker still running the parent's handlers.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            results = executor.map(fn, tasks, chunksize=chunk)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        done = list(progress.progress(results, desc=desc, total=len(tasks), unit=unit))
+    except BrokenProcessPool:
+        _kill_workers(executor)
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise WorkerDiedError(
+            "a build worker process ended without finishing its work (killed or crashed); nothing was written",
+            hint="the system may have run out of memory: try fewer --workers",
+        ) from None
+    except BaseException:
+        _kill_workers(executor)
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+    return done
 
 
 def build_dataset(sources: Sequence[Builder], out: str | Path, options: BuildOptions | None = None) -> BuildSummary:
@@ -422,16 +483,21 @@ def build_dataset(sources: Sequence[Builder], out: str | Path, options: BuildOpt
     out = Path(out).absolute()
     if not sources:
         raise UsageError("no sources given")
-    check_target(out, options.overwrite)
+    if options.color:
+        # A user category named like the computed colour one would erase it (format.py, "Names").
+        for source in sources:
+            for name, (path, where, error) in source.declared_categories().items():
+                fmt.check_category_name(name, path=path, item=where, error=error, color_computed=True)
+    inputs = [Path(s.root) for s in sources]
+    inputs += [Path(s.options["concepts"]) for s in sources if isinstance(getattr(s, "options", None), dict) and s.options.get("concepts")]
+    guard_target(out, kind="dataset", overwrite=options.overwrite, inputs=inputs)
     workers = options.workers or os.cpu_count() or 1
     keys = _unique_keys(sources)
     for source, key in zip(sources, keys):
         source.key = key
     sources = list(sources)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_output(out, kind="dataset", overwrite=options.overwrite, inputs=inputs) as tmp, _spools_closed():
         work = tmp / ".work"
         work.mkdir()
         tasks = []
@@ -501,11 +567,6 @@ def build_dataset(sources: Sequence[Builder], out: str | Path, options: BuildOpt
         categories = write_tables(tmp, numbering, rows)
         write_syns(tmp, numbering)
         write_readme(tmp, out.name, {s.key: per_source[s.key] for s in sources}, options.settings())
-        move_into_place(tmp, out, options.overwrite)
-    except BaseException:
-        _close_spools()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary = BuildSummary(
         output=out,
         images=dict(per_source),
@@ -519,6 +580,15 @@ def build_dataset(sources: Sequence[Builder], out: str | Path, options: BuildOpt
     )
     log.info("wrote %d images, %d labels in %.1f s to %s", len(rows), summary.labels, summary.seconds, out)
     return summary
+
+
+@contextlib.contextmanager
+def _spools_closed() -> Iterator[None]:
+    """Close this process's spool files however the build ends (before its folder is removed)."""
+    try:
+        yield
+    finally:
+        _close_spools()
 
 
 def _lookup_tables(numbering: Numbering) -> dict[tuple[str, str], np.ndarray]:

@@ -3,8 +3,11 @@
 :func:`validate` never stops at the first problem: it reads the tables leniently, records a
 :class:`Finding` for each rule a file breaks (with the file and, for tables, the row), then decodes
 every image and label PNG in a thread pool (Pillow and NumPy release the GIL while decoding) and
-checks pixels against the tables. Errors make the dataset unusable by NetDissect-Lite or by
-`concepts dissect`; warnings flag what makes dissection results unreliable (FORMATS.md A.13 and the
+checks pixels against the tables. Nothing outside the dataset is read: a symlink leading out of it
+is an error (``symlink-outside``) and is never followed, and an invalid category name (``bad-name``)
+never becomes a ``c_<name>.csv`` path. Numbers are ASCII only, coverages finite, declared sizes within
+the pixel limit (``too-large``), label PNGs 8 bits per channel. Errors make the dataset unusable
+by NetDissect-Lite or by `concepts dissect`; warnings flag what makes dissection results unreliable (FORMATS.md A.13 and the
 concept set's weak spots). A published Hugging Face folder (``tables/`` + ``data/*.parquet``) or
 ``hf://REPO`` is checked the same way, reading pixels from its Parquet rows.
 """
@@ -13,27 +16,30 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from concepts.broden import format as fmt
+from concepts.broden.reader import bad_relpath, is_inside, is_label_number, parse_float, parse_int, png_bit_depth
 from concepts.errors import ConceptsError, UsageError
+from concepts.limits import check_pixels as check_size
 from concepts.progress import progress
 
 ERROR = "error"
 WARNING = "warning"
 
 # NetDissect-Lite turns coverage into a float only when it looks like this (A.13.5).
-_FIXED_POINT = re.compile(r"^\d+\.\d+$")
+_FIXED_POINT = re.compile(r"^[0-9]+\.[0-9]+$")
 _PLURAL = re.compile(r"(?<=[a-z])(es|s)$")
 
 
@@ -167,6 +173,7 @@ class _Validator:
         if not (path / fmt.INDEX_FILE).is_file() and hub.is_hf_folder(path):
             return self._locate_hub(path)
         self.root = path
+        self.link_root = path
         self.tables = path
         self.images = path / fmt.IMAGES_DIR
         if not self.images.is_dir():
@@ -174,9 +181,11 @@ class _Validator:
         return True
 
     def _locate_hub(self, folder: Path) -> bool:
-        from concepts.hub import TABLES_DIR
+        from concepts.hub import TABLES_DIR, _input_root
 
         self.root = folder
+        # A Hub download's files link into the cache's blobs/, which belong to the same download.
+        self.link_root = _input_root(folder, self.spec)
         self.tables = folder / TABLES_DIR
         self.images = folder / fmt.IMAGES_DIR  # only for naming items in messages
         self.hub_folder = folder
@@ -203,8 +212,16 @@ class _Validator:
     # -- tables ---------------------------------------------------------------------------------
     def read_table(self, name: str, columns: Iterable[str]) -> _Table | None:
         path = self.tables / name
+        if path.is_symlink() and not is_inside(self.link_root, path):
+            # Reported by the link scan; never read.
+            return None
+        if path.is_dir():
+            self.error("missing-file", "is a directory, expected a CSV file", path)
+            return None
+        reader = None
         try:
-            with path.open(newline="", encoding="utf-8") as f:
+            # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name.
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 header = list(reader.fieldnames or [])
                 rows = list(reader)
@@ -215,29 +232,40 @@ class _Validator:
             self.error("not-utf8", f"not UTF-8 text ({e.reason} at byte {e.start})", path)
             return None
         except csv.Error as e:
-            self.error("bad-csv", f"not a readable CSV ({e})", path)
+            self.error("bad-csv", f"not a readable CSV ({e})", path, reader.line_num if reader is not None and reader.line_num else None)
+            return None
+        except OSError as e:
+            self.error("unreadable", f"cannot read ({e.strerror or e})", path)
             return None
         if not header:
             self.error("bad-header", "file is empty (no header row)", path)
             return None
+        twice = sorted({c for c in header if c and header.count(c) > 1})
+        if twice:
+            self.error("bad-header", f"column(s) {_clip(', '.join(twice))} appear twice in the header (only the last "
+                       "would be read)", path)
+            return None
         missing = [c for c in columns if c not in header]
         if missing:
-            self.error("bad-header", f"header lacks column(s) {', '.join(missing)} (has {','.join(header)})", path)
+            self.error("bad-header", f"header lacks column(s) {', '.join(missing)} (has {_clip(','.join(header))})", path)
             return None
         for i, row in enumerate(rows, start=2):
             if None in row:
                 self.error("bad-row", f"{len(header) + len(row[None])} fields but the header has {len(header)}", path, i)
         return _Table(path, header, rows)
 
-    def integer(self, table: _Table, row: dict[str, str], i: int, column: str, minimum: int | None = None) -> int | None:
+    def integer(self, table: _Table, row: dict[str, str], i: int, column: str, minimum: int | None = None,
+                maximum: int | None = None) -> int | None:
         value = row.get(column) or ""
-        try:
-            number = int(value)
-        except ValueError:
-            self.error("bad-value", f"{column} is not an integer: {value!r}", table.path, i)
+        number = parse_int(value)
+        if number is None:
+            self.error("bad-value", f"{column} is not an integer in ASCII digits: {_clip(value)}", table.path, i)
             return None
         if minimum is not None and number < minimum:
             self.error("bad-value", f"{column} must be at least {minimum}, got {number}", table.path, i)
+            return None
+        if maximum is not None and number > maximum:
+            self.error("bad-value", f"{column} must be at most {maximum}, got {number}", table.path, i)
             return None
         return number
 
@@ -256,6 +284,7 @@ class _Validator:
 
     def _categories(self, table: _Table) -> dict[str, dict[str, int | None]]:
         out: dict[str, dict[str, int | None]] = {}
+        self.bad_categories: set[str] = set()
         firsts = []
         for i, row in enumerate(table.rows, start=2):
             name = row.get("name") or ""
@@ -265,8 +294,12 @@ class _Validator:
             if name in out:
                 self.error("duplicate-row", f"category {name!r} is listed twice", table.path, i)
                 continue
-            if any(c in name for c in fmt.FORBIDDEN_NAME_CHARS) or "," in name or name != name.strip():
-                self.error("bad-value", f"category name {name!r} contains a character the format reserves", table.path, i)
+            try:
+                fmt.check_category_name(name, path=table.path, row=i, error=ConceptsError)
+            except ConceptsError as e:
+                # Its c_<name>.csv is never opened: a name like ../x would reach outside the dataset.
+                self.error("bad-name", e.message, table.path, i)
+                self.bad_categories.add(name)
             values = {c: self.integer(table, row, i, c, 0) for c in ("first", "last", "count", "frequency")}
             values["row"] = i
             out[name] = values
@@ -285,6 +318,10 @@ class _Validator:
             number = self.integer(table, row, i, "number", 1)
             if number is None:
                 continue
+            if number > fmt.MAX_RG:
+                self.error("label-too-large", f"label number {number} exceeds {fmt.MAX_RG} (the most R + 256 * G "
+                           "can hold)", table.path, i)
+                continue
             if number > fmt.MAX_LABEL:
                 self.error("label-too-large", f"label number {number} exceeds {fmt.MAX_LABEL} "
                            "(NetDissect-Lite decodes label PNGs as int16)", table.path, i)
@@ -292,8 +329,11 @@ class _Validator:
                 self.error("duplicate-row", f"label number {number} is listed twice", table.path, i)
                 continue
             name = row.get("name") or ""
+            bad_name = _name_problem(name)
             if not name:
                 self.error("bad-value", f"label {number} has an empty name", table.path, i)
+            elif bad_name:
+                self.error("bad-name", bad_name, table.path, i)
             elif name in names:
                 self.error("duplicate-name", f"label name {name!r} is used by labels {names[name]} and {number}", table.path, i)
             else:
@@ -304,6 +344,8 @@ class _Validator:
                 self.error("bad-value", f"label {number} has an empty category cell (NetDissect-Lite fails on it)", table.path, i)
             else:
                 try:
+                    if not cell.isascii():
+                        raise ValueError(f"{_clip(cell)} is not ASCII")
                     cats = fmt.parse_category_cell(cell)
                 except ValueError as e:
                     self.error("bad-value", f"category cell of label {number}: {e}", table.path, i)
@@ -316,13 +358,14 @@ class _Validator:
                 self.error("frequency-mismatch", f"frequency {freq} of label {number} is not the sum of its category "
                            f"cell ({sum(cats.values())})", table.path, i)
             coverage = row.get("coverage") or ""
-            if not _FIXED_POINT.match(coverage):
-                try:
-                    float(coverage)
-                    self.warn("coverage-format", f"coverage {coverage!r} of label {number} is not fixed-point "
-                              "(NetDissect-Lite keeps it as text)", table.path, i)
-                except ValueError:
-                    self.error("bad-value", f"coverage of label {number} is not a number: {coverage!r}", table.path, i)
+            value = parse_float(coverage)
+            if value is None or value < 0:
+                # NaN, infinity or a negative coverage would rank concepts arbitrarily in dissection.
+                self.error("bad-value", f"coverage of label {number} is not a finite non-negative number: "
+                           f"{_clip(coverage)}", table.path, i)
+            elif not _FIXED_POINT.match(coverage):
+                self.warn("coverage-format", f"coverage {coverage!r} of label {number} is not fixed-point "
+                          "(NetDissect-Lite keeps it as text)", table.path, i)
             syns = tuple(s for s in (row.get("syns") or "").split(";") if s)
             out[number] = _LabelRow(number, name, cats, syns)
         if not out:
@@ -353,6 +396,8 @@ class _Validator:
         self.code_numbers: dict[str, set[int]] = {}
         self.code_coverage: dict[str, dict[int, float]] = {}
         for cat in self.categories:
+            if cat in self.bad_categories:
+                continue
             table = self.read_table(fmt.code_file(cat), fmt.CODE_COLUMNS)
             if table is None:
                 continue
@@ -364,11 +409,11 @@ class _Validator:
             coverage: dict[int, float] = {}
             for i, row in enumerate(table.rows, start=2):
                 code = self.integer(table, row, i, "code", 1)
-                number = self.integer(table, row, i, "number", 1)
+                number = self.integer(table, row, i, "number", 1, fmt.MAX_RG)
                 freq = self.integer(table, row, i, "frequency", 0)
                 cov_text = row.get("coverage") or ""
                 cov = None
-                if _FIXED_POINT.match(cov_text):
+                if _FIXED_POINT.match(cov_text) and parse_float(cov_text) is not None:
                     cov = float(cov_text)
                 else:
                     self.error("bad-value", f"coverage must be a fixed-point number like 0.5 "
@@ -412,7 +457,7 @@ class _Validator:
 
     def _index(self, table: _Table) -> list[tuple[int, str, dict[str, list[str]]]]:
         header = table.header
-        cats = list(self.categories)
+        cats = [c for c in self.categories if c not in self.bad_categories]
         missing = [c for c in cats if c not in header]
         for c in missing:
             self.error("missing-column", f"no column for category {c!r} of category.csv", table.path)
@@ -433,9 +478,9 @@ class _Validator:
         self.no_png_rows = 0
         for i, row in enumerate(table.rows, start=2):
             image = row.get("image") or ""
-            problem = _bad_relpath(image)
+            problem = bad_relpath(image)
             if problem:
-                self.error("bad-path", f"image {image!r}: {problem}", table.path, i)
+                self.error("bad-path", f"image {_clip(image)}: {problem}", table.path, i)
                 image = ""
             elif image in images:
                 self.error("duplicate-row", f"image {image} is also on row {images[image]}", table.path, i)
@@ -450,6 +495,11 @@ class _Validator:
                 self.error("bad-value", "split is empty", table.path, i)
             dims = [self.integer(table, row, i, c, 1) for c in ("ih", "iw", "sh", "sw")]
             ih, iw, sh, sw = dims
+            # A declared size beyond the pixel limit is what a bomb looks like: its files are not decoded.
+            if not self._size_ok("image (ih x iw)", ih, iw, table, i):
+                ih = iw = None
+            if not self._size_ok("segmentation (sh x sw)", sh, sw, table, i):
+                sh = sw = None
             if image and ih and iw:
                 self.items.append(_Item("image", image, i, (ih, iw)))
                 sizes[(ih, iw)] += 1
@@ -461,12 +511,15 @@ class _Validator:
                 if not pieces:
                     continue
                 cells[cat] = pieces
-                numbers = [p for p in pieces if p.isdigit()]
-                paths = [p for p in pieces if not p.isdigit()]
+                numbers = [p for p in pieces if is_label_number(p)]
+                paths = [p for p in pieces if not is_label_number(p)]
                 if numbers and paths:
                     self.warn("mixed-cell", f"{cat} cell mixes label numbers and PNG paths", table.path, i)
                 for n in map(int, numbers):
-                    if n == 0:
+                    if n > fmt.MAX_RG:
+                        self.error("label-too-large", f"{cat} cell lists label {_clip(str(n))}, above {fmt.MAX_RG} "
+                                   "(the most R + 256 * G can hold)", table.path, i)
+                    elif n == 0:
                         self.warn("zero-label", f"{cat} cell lists label 0 (unlabeled; writers omit it)", table.path, i)
                     elif n not in self.labels:
                         self.error("unknown-label", f"{cat} cell lists label {n}, which is not in label.csv", table.path, i)
@@ -476,9 +529,9 @@ class _Validator:
                     else:
                         levels.setdefault(cat, []).append(n)
                 for p in paths:
-                    problem = _bad_relpath(p, ".png")
+                    problem = bad_relpath(p, ".png")
                     if problem:
-                        self.error("bad-path", f"{cat} cell: {p!r}: {problem}", table.path, i)
+                        self.error("bad-path", f"{cat} cell: {_clip(p)}: {problem}", table.path, i)
                         continue
                     if p in pngs:
                         self.error("duplicate-row", f"{cat} cell: {p} is also listed on row {pngs[p]}", table.path, i)
@@ -504,6 +557,16 @@ class _Validator:
         self.stats["splits"] = dict(sorted(splits.items()))
         return out
 
+    def _size_ok(self, what: str, h: int | None, w: int | None, table: _Table, i: int) -> bool:
+        if not (h and w):
+            return True
+        try:
+            check_size(w, h, what=what, error=ConceptsError)
+        except ConceptsError as e:
+            self.error("too-large", e.message, table.path, i)
+            return False
+        return True
+
     # -- pixels ---------------------------------------------------------------------------------
     def check_pixels(self) -> None:
         if self.hub is None and hasattr(self, "hub_folder"):
@@ -522,6 +585,9 @@ class _Validator:
         self._pixel_labels(results)
 
     def _decode(self, item: _Item) -> tuple[list[tuple[str, str]], _Seen | None]:
+        if self.hub is None and not is_inside(self.root, self.images / item.rel):
+            # The link scan reports the link itself; what it points to is never read.
+            return [], None
         try:
             data = self.read_bytes(item)
         except FileNotFoundError:
@@ -532,8 +598,18 @@ class _Validator:
         except OSError as e:
             return [("unreadable", f"cannot read: {e.strerror or e}")], None
         problems: list[tuple[str, str]] = []
+        if item.kind == "png":
+            depth = png_bit_depth(data[:26])
+            if depth is not None and depth != 8:
+                # Pillow keeps only the high byte of 16-bit samples: small label numbers would read as 0.
+                return [("bad-mode", f"label PNG has {depth} bits per channel; needs 8-bit RGB (label = R + 256*G)")], None
         try:
             with Image.open(io.BytesIO(data)) as im:
+                try:
+                    check_size(im.width, im.height, what=item.kind if item.kind == "image" else "label PNG",
+                               error=ConceptsError)
+                except ConceptsError as e:
+                    return [("too-large", e.message)], None
                 im.load()
                 seen = _Seen(size=(im.height, im.width), mode=im.mode)
                 h, w = item.size
@@ -554,8 +630,8 @@ class _Validator:
                     problems.append(("size-mismatch", f"segmentation is {im.width}x{im.height}, index.csv row {item.row} "
                                      f"says sw={w}, sh={h}"))
                 rgb = np.asarray(im)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            return [("undecodable", f"does not decode: {e}")], None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+            return [("undecodable", f"does not decode: {_clip(str(e))}")], None
         except Image.DecompressionBombError as e:
             return [("undecodable", f"refused: {e}")], None
         if rgb[..., 2].any():
@@ -650,8 +726,26 @@ class _Validator:
         self.stats["rare_concepts"] = len(rare)
         self.stats["unlabeled_images"] = len(unlabeled)
 
+    def check_links(self) -> None:
+        """Report every symlink under the dataset that resolves outside it (such files are never read)."""
+        # scandir's d_type answers is_symlink without a system call per file (Broden has 300k files).
+        stack = [self.root]
+        while stack:
+            try:
+                entries = sorted(os.scandir(stack.pop()), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_symlink():
+                    if not is_inside(self.link_root, Path(entry.path)):
+                        self.error("symlink-outside", "is a symlink leading outside the dataset (not followed)", entry.path)
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+
     def run(self) -> ValidationReport:
-        if self.locate() and self.check_tables():
+        if self.locate():
+            self.check_links()
+        if hasattr(self, "root") and self.check_tables():
             self.check_pixels()
         return ValidationReport(str(getattr(self, "root", self.spec)), self.findings, self.stats)
 
@@ -662,17 +756,16 @@ def _cpu_count() -> int | None:
     return os.cpu_count()
 
 
-def _bad_relpath(path: str, suffix: str | None = None) -> str | None:
-    """Why ``path`` cannot name a file under ``images/`` (``None`` when it can)."""
-    if not path:
-        return "is empty"
-    if "\\" in path:
-        return "uses backslashes; paths use forward slashes"
-    pure = PurePosixPath(path)
-    if pure.is_absolute() or ".." in pure.parts:
-        return "must be a relative path inside images/"
-    if suffix and pure.suffix.lower() != suffix:
-        return f"is neither a label number nor a {suffix} path"
+def _clip(text: str, limit: int = 80) -> str:
+    """``repr`` of a cell, cut short: a finding stays one readable line whatever the cell holds."""
+    return repr(text[:limit]) + (f"... ({len(text)} characters)" if len(text) > limit else "")
+
+
+def _name_problem(name: str) -> str | None:
+    try:
+        fmt.check_label_name(name, path=None, error=ConceptsError)
+    except ConceptsError as e:
+        return e.message
     return None
 
 
@@ -701,8 +794,13 @@ def validate(
     workers: int | None = None,
 ) -> ValidationReport:
     """Check a dataset (Broden folder, published folder or ``hf://REPO``) and report every finding."""
-    if min_images < 0 or min_area < 0 or (workers is not None and workers < 1):
-        raise UsageError("--min-images and --min-area must not be negative, --workers must be positive")
+    if min_images < 0:
+        raise UsageError(f"--min-images {min_images}: expected 0 or more images")
+    # `not >= 0` also refuses NaN, which every later comparison would silently pass.
+    if not min_area >= 0 or min_area == float("inf"):
+        raise UsageError(f"--min-area {min_area}: expected a finite number, 0 or more")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: expected 1 or more threads")
     return _Validator(spec, min_images, min_area, workers).run()
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from concepts.broden.format import MAX_LABEL
+from concepts.errors import UsageError
 
 Triple = tuple[str, str, int]
 UNLABELED = "-"
@@ -256,7 +257,9 @@ class Vocabulary:
         ]
         kept.sort(key=lambda n: (-sum(freq[n].values()), -sum(cov[n].values()), n))
         if len(kept) > MAX_LABEL:
-            raise ValueError(f"{len(kept)} labels survive the filters; the format holds at most {MAX_LABEL}")
+            raise UsageError(f"{len(kept):,} labels survive the filters; the format holds at most {MAX_LABEL:,} "
+                             "(NetDissect-Lite reads label numbers as int16)",
+                             hint="raise --min-frequency or --min-coverage")
         number_of = {name: i for i, name in enumerate(kept, start=1)}
         labels = []
         for name in kept:

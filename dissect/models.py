@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import inspect
 import logging
+import math
 import os
 import pickle
 import sys
@@ -57,8 +58,13 @@ def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]] | 
         std = tuple(float(v) for v in std_s.split(","))
     except ValueError:
         raise UsageError(f"--normalize {text!r}: expected imagenet, netdissect, none or m1,m2,m3/s1,s2,s3") from None
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise UsageError(f"--normalize {text!r}: need three means and three positive stds")
+    if len(mean) != 3 or len(std) != 3:
+        raise UsageError(f"--normalize {text!r}: need three means and three stds")
+    # A NaN or zero std would surface much later as "activations changed between passes".
+    if not all(math.isfinite(v) for v in mean + std):
+        raise UsageError(f"--normalize {text!r}: every mean and std must be a finite number")
+    if min(std) <= 0:
+        raise UsageError(f"--normalize {text!r}: every std must be positive")
     if max(mean + std) <= 1.0:
         mean, std = tuple(m * 255 for m in mean), tuple(s * 255 for s in std)
     return mean, std
@@ -114,10 +120,15 @@ def _num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
     return int(last[-1].shape[0]) if last else None
 
 
+def is_factory(model: str | None) -> bool:
+    """Whether ``model`` names Python code to import (``package.module:factory``), not a torchvision name."""
+    return bool(model) and ":" in model
+
+
 def _build(model: str, num_classes: int | None, pretrained: bool) -> nn.Module:
     """Instantiate an architecture by torchvision name or ``package.module:factory``."""
     torch.manual_seed(0)  # random initial weights are then the same in every run
-    if ":" in model:
+    if is_factory(model):
         mod_name, _, attr = model.partition(":")
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())  # as `python -m` would, so local modules resolve
@@ -125,6 +136,10 @@ def _build(model: str, num_classes: int | None, pretrained: bool) -> nn.Module:
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as e:
             raise ModelError(f"cannot import model factory {model!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the user's module failed while importing: say so, in one line
+            raise ModelError(f"importing model factory {model!r} failed: {_what(e)}") from None
+        if not callable(factory):
+            raise ModelError(f"{model!r} is a {type(factory).__name__}, not a function building the model")
         kwargs = {}
         if num_classes is not None:
             try:
@@ -132,7 +147,10 @@ def _build(model: str, num_classes: int | None, pretrained: bool) -> nn.Module:
                     kwargs["num_classes"] = num_classes
             except (TypeError, ValueError):
                 pass
-        built = factory(**kwargs)
+        try:
+            built = factory(**kwargs)
+        except Exception as e:  # noqa: BLE001 - whatever the user's factory raises is one line naming it
+            raise ModelError(f"model factory {model!r} raised {_what(e)}") from None
         if not isinstance(built, nn.Module):
             raise ModelError(f"{model!r} returned a {type(built).__name__}, not a torch.nn.Module")
         return built
@@ -159,6 +177,12 @@ def _build(model: str, num_classes: int | None, pretrained: bool) -> nn.Module:
         raise ModelError(f"cannot build {model}: {e}") from None
 
 
+def _what(e: BaseException) -> str:
+    """An exception as ``Type: first line of its message``."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
 def _fit(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
     """Load a state dict strictly, turning mismatches into one readable line."""
     own = module.state_dict()
@@ -177,13 +201,19 @@ def _fit(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> No
     module.load_state_dict(state, strict=True)
 
 
-def load_model(model: str | None, weights: Path | None = None, *, pretrained: bool = False, trust_pickle: bool = False) -> LoadedModel:
-    """Build the model in eval mode from an architecture and optional checkpoint."""
+def load_model(model: str | None, weights: Path | None = None, *, pretrained: bool = False, trust_pickle: bool = False, trust_code: bool = True) -> LoadedModel:
+    """Build the model in eval mode from an architecture and optional checkpoint.
+
+    ``trust_pickle`` and ``trust_code`` are consent the user gave on the command line: a whole
+    pickled model is unpickled, and a ``package.module:factory`` imported, only with it.
+    """
+    if is_factory(model) and not trust_code:
+        raise ModelError(f"the model factory {model} would be imported, which runs its code; it needs the user's consent")
     if weights is None:
         if model is None:
             raise UsageError("--model is required (a torchvision name such as resnet18, or package.module:factory)")
         module = _build(model, None, pretrained)
-        if ":" in model:
+        if is_factory(model):
             log.info("no --weights: using %s as its factory built it", model)
             tag = "factory"
         else:
@@ -198,6 +228,9 @@ def load_model(model: str | None, weights: Path | None = None, *, pretrained: bo
         raise UsageError("give either --weights or --pretrained, not both")
     digest = file_hash(weights)
     if _is_torchscript(weights):
+        if not trust_code:
+            # Loading a TorchScript archive compiles and runs its code (its __setstate__ methods).
+            raise ModelError("is a TorchScript archive; loading it runs its code and needs the user's consent", path=weights, hint="pass --trust-model-code to allow it")
         try:
             scripted = torch.jit.load(str(weights), map_location="cpu")
         except RuntimeError as e:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from concepts.errors import UsageError
+from concepts.errors import UnsafeInputError, UsageError
 from concepts.dissect.results import atomic_write, layer_files
 
 #: Column names of the per-category table, in order.
@@ -53,15 +55,18 @@ class Run:
         return self.record["layers"][layer].get("params", {})
 
     def file(self, layer: str, kind: str) -> Path:
-        """Path of one of a layer's result files (``tally``, ``matrices``, ``thresholds``, ``topk``)."""
+        """Path of one of a layer's result files (``tally``, ``matrices``, ``thresholds``, ``topk``), inside the run folder."""
         self._check_layer(layer)
         name = self.record["layers"][layer].get("files", {}).get(kind) or layer_files(layer)[kind]
-        return self.path / name
+        return _inside(self.path, name, self.path / "run.json", f"layers.{layer}.files.{kind}")
 
     def iou_threshold(self, layer: str) -> float:
         """The IoU above which a unit of ``layer`` is a detector."""
         p = self.params(layer)
-        return float(p.get("iou_threshold", self.record.get("args", {}).get("iou_threshold", 0.04)))
+        value = p.get("iou_threshold")
+        if value is None:
+            value = self.record.get("args", {}).get("iou_threshold")
+        return float(0.04 if value is None else value)
 
     def categories(self, layer: str) -> list[str]:
         """The categories the layer was dissected against, in dataset order."""
@@ -79,15 +84,15 @@ class Run:
                 df = pd.read_csv(path, dtype=str, keep_default_na=False)
             except FileNotFoundError:
                 raise UsageError("tally file is missing", path=path) from None
-            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-                raise UsageError(f"cannot read tally: {str(e).splitlines()[0]}", path=path) from None
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+                raise UsageError(f"cannot read tally: {(str(e).splitlines() or [type(e).__name__])[0]}", path=path) from None
             missing = [c for c in ("unit", "category", "label", "score") if c not in df.columns]
             if missing:
                 raise UsageError(f"tally has no column(s) {', '.join(missing)}", path=path)
             try:
                 df["unit"] = df["unit"].astype(int)
                 df["score"] = df["score"].astype(float)
-            except ValueError as e:
+            except (ValueError, OverflowError, TypeError) as e:
                 raise UsageError(f"tally has a non-numeric unit or score ({e})", path=path) from None
             self._tallies[layer] = df
         return self._tallies[layer]
@@ -95,20 +100,39 @@ class Run:
     def topk(self, layer: str) -> pd.DataFrame:
         """The layer's top activating images per unit (``unit, rank, image_index, image, max_activation``)."""
         path = self.file(layer, "topk")
+        columns = ["unit", "rank", "image_index", "image", "max_activation"]
         try:
             df = pd.read_csv(path, dtype={"image": str}, keep_default_na=False)
         except FileNotFoundError:
             raise UsageError("top-k file is missing", path=path) from None
         except pd.errors.EmptyDataError:
-            return pd.DataFrame(columns=["unit", "rank", "image_index", "image", "max_activation"])
+            return pd.DataFrame(columns=columns)
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+            raise UsageError(f"cannot read top-k images: {(str(e).splitlines() or [type(e).__name__])[0]}", path=path) from None
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise UsageError(f"top-k file has no column(s) {', '.join(missing)}", path=path)
+        try:
+            for c in ("unit", "rank", "image_index"):
+                df[c] = df[c].astype(np.int64)
+            df["max_activation"] = df["max_activation"].astype(float)
+        except (ValueError, OverflowError, TypeError) as e:
+            raise UsageError(f"top-k file has a non-numeric unit, rank, index or activation ({e})", path=path) from None
+        if len(df) and (df[["unit", "rank"]].to_numpy().min() < 1 or df["image_index"].min() < 0):
+            raise UsageError("top-k file has a unit or rank below 1 or a negative image index", path=path)
         return df
 
     def thresholds(self, layer: str) -> np.ndarray:
         """The per-unit activation thresholds of ``layer`` (unit ``u`` at index ``u - 1``)."""
         path = self.file(layer, "thresholds")
         try:
-            return np.asarray(np.load(path, allow_pickle=False), np.float32).reshape(-1)
-        except (OSError, ValueError) as e:
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")  # a header's size is not allocated before it is checked
+            if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+                raise ValueError("not an array of numbers")
+            if arr.size > len(self.tally(layer)):
+                raise ValueError(f"holds {arr.size} values for {len(self.tally(layer))} units")
+            return np.array(arr, np.float32).reshape(-1)
+        except (OSError, ValueError, EOFError) as e:
             raise UsageError(f"cannot read thresholds: {e}", path=path) from None
 
     def _check_layer(self, layer: str) -> None:
@@ -117,22 +141,110 @@ class Run:
 
 
 def load_run(path: str | Path, name: str | None = None) -> Run:
-    """Open a run folder written by ``concepts dissect``."""
+    """Open a run folder written by ``concepts dissect`` (its ``run.json`` checked before anything is read)."""
     path = Path(path)
     record_path = path / "run.json"
     if not record_path.is_file():
         raise UsageError("not a dissection run folder (no run.json)", path=path)
+    _inside(path, "run.json", record_path, "run.json")
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read run record: {e}", path=record_path) from None
-    if not isinstance(record, dict) or not isinstance(record.get("layers"), dict):
-        raise UsageError("run record has no 'layers' table", path=record_path)
+    except RecursionError:
+        raise UsageError("cannot read run record: nested too deeply", path=record_path) from None
+    except OSError as e:
+        raise UsageError(f"cannot read run record: {e.strerror or e}", path=record_path) from None
+    check_record(record, path)
     done = list(record["layers"])
     # The last invocation's --layer order first (run.json sorts its keys), then older layers.
-    asked = [lay for lay in record.get("args", {}).get("layers", []) if lay in done]
+    asked = [lay for lay in record.get("args", {}).get("layers") or [] if lay in done]
     layers = list(dict.fromkeys(asked + sorted(done)))
     return Run(path=path, name=name or path.resolve().name, record=record, layers=layers)
+
+
+#: The fields of ``run.json`` the report reads, with the JSON types each may have (None always allowed).
+_STR, _NUM, _INT, _BOOL = (str,), (int, float), (int,), (bool,)
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "model": _STR, "weights": _STR, "layer": _STR, "dataset": _STR, "quantile": _NUM, "iou_threshold": _NUM,
+    "union": _STR, "normalize": _STR, "split": _STR, "limit": _INT, "top_k": _INT, "thresholds": _STR,
+}
+_ARG_TYPES: dict[str, tuple[type, ...]] = {
+    "model": _STR, "weights": _STR, "dataset": _STR, "pretrained": _BOOL, "normalize": _STR, "quantile": _NUM,
+    "iou_threshold": _NUM, "union": _STR, "split": _STR, "limit": _INT,
+}
+
+
+def _typed(value: Any, types: tuple[type, ...], where: str, record_path: Path) -> None:
+    if value is None:
+        return
+    # bool is an int to Python, never to run.json; NaN and infinities are not numbers a run writes.
+    ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+    if ok and float in types and not isinstance(value, bool):
+        try:
+            ok = math.isfinite(float(value))
+        except OverflowError:  # an integer of 400 digits is valid JSON
+            ok = False
+    if not ok:
+        raise UsageError(f"{where} is {_describe(value)}, expected {' or '.join(t.__name__ for t in types)}", path=record_path)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return f"a {'JSON object' if isinstance(value, dict) else 'list'}"
+    return f"{type(value).__name__} {str(value)[:40]!r}"
+
+
+def check_record(record: Any, run_path: Path) -> None:
+    """Refuse a ``run.json`` whose fields have types the report cannot use, or whose files lie outside the run folder."""
+    record_path = Path(run_path) / "run.json"
+    if not isinstance(record, dict) or not isinstance(record.get("layers"), dict):
+        raise UsageError("run record has no 'layers' table", path=record_path)
+    if not record["layers"]:
+        raise UsageError("the run has no finished layer yet (was it interrupted? run the same dissect command again)", path=record_path)
+    args = record.get("args", {})
+    if not isinstance(args, dict):
+        raise UsageError(f"args is {_describe(args)}, expected a JSON object", path=record_path)
+    for key, types in _ARG_TYPES.items():
+        _typed(args.get(key), types, f"args.{key}", record_path)
+        if isinstance(args.get(key), str) and "\0" in args[key]:
+            raise UsageError(f"args.{key} holds a NUL character", path=record_path)
+    asked = args.get("layers")
+    if asked is not None and not (isinstance(asked, list) and all(isinstance(v, str) for v in asked)):
+        raise UsageError("args.layers is not a list of layer names", path=record_path)
+    _typed(record.get("images"), _INT, "images", record_path)
+    for layer, entry in record["layers"].items():
+        if not layer:
+            raise UsageError("layers holds an empty layer name", path=record_path)
+        if not isinstance(entry, dict):
+            raise UsageError(f"layers.{layer} is {_describe(entry)}, expected a JSON object", path=record_path)
+        params, files = entry.get("params", {}), entry.get("files", {})
+        if not isinstance(params, dict):
+            raise UsageError(f"layers.{layer}.params is {_describe(params)}, expected a JSON object", path=record_path)
+        if not isinstance(files, dict):
+            raise UsageError(f"layers.{layer}.files is {_describe(files)}, expected a JSON object", path=record_path)
+        for key, types in _PARAM_TYPES.items():
+            _typed(params.get(key), types, f"layers.{layer}.params.{key}", record_path)
+        cats = params.get("categories")
+        if cats is not None and not (isinstance(cats, list) and all(isinstance(c, str) and c for c in cats)):
+            raise UsageError(f"layers.{layer}.params.categories is not a list of category names", path=record_path)
+        for kind in layer_files(layer):
+            name = files.get(kind)
+            _typed(name, _STR, f"layers.{layer}.files.{kind}", record_path)
+            if name:
+                _inside(Path(run_path), name, record_path, f"layers.{layer}.files.{kind}")
+
+
+def _inside(root: Path, name: str, record_path: Path, where: str) -> Path:
+    """``root / name`` when it names a file inside ``root`` (symbolic links resolved), else one error line."""
+    if "\0" in name or os.path.isabs(name):
+        raise UnsafeInputError(f"{where} names {name[:80]!r}, outside the run folder; nothing read", path=record_path)
+    target = root / name
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(target)
+    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+        raise UnsafeInputError(f"{where} names {name[:80]!r}, which resolves outside the run folder; nothing read", path=record_path)
+    return target
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:

@@ -10,13 +10,23 @@ The run folder does not keep feature maps, so the masks are recomputed: the mode
 is upsampled and thresholded exactly as the tally did (bilinear to the segmentation size, then
 ``> threshold``). The weights file and the dataset must be the ones the run used; both are
 checked against the hashes the run recorded.
+
+``run.json`` is data written by whoever made the run folder, so nothing in it is consent: a
+``package.module:factory`` it names is imported only with ``--trust-model-code`` and a pickled
+model loaded only with ``--trust-pickle`` given to ``concepts report`` itself (a stored
+``trust_pickle`` is ignored). Without that consent the report stops with one line naming what to
+pass (or ``--no-images``) rather than silently dropping the images. The result files it names are
+read only inside the run folder (:func:`concepts.dissect.plots.check_record`); the dataset and
+weights paths it records are opened as data only (the weights with ``weights_only=True``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +35,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from concepts.errors import DatasetFormatError, ModelError, UsageError
+from concepts.errors import ConceptsError, DatasetFormatError, ModelError, UsageError
 from concepts.progress import progress
 from concepts.dissect.plots import Run, detectors_per_category, detectors_per_concept, detectors_per_layer, load_run, plot_categories, plot_concepts, plot_layers, save_figure, unit_table
 from concepts.dissect.results import atomic_write, safe_name
@@ -61,15 +71,23 @@ def _strip(tiles: Sequence[np.ndarray], gap: int = 3) -> np.ndarray:
     return out
 
 
-def unit_strips(run: Run, layer: str, *, dataset: Path | None = None, device: str = "cpu", tile: int = 112, batch_size: int = 16) -> dict[int, tuple[np.ndarray, list[str]]]:
-    """Per unit, its top-k images side by side with the unit's mask shown, and their names."""
+def unit_strips(
+    run: Run, layer: str, *, dataset: Path | None = None, device: str = "cpu", tile: int = 112, batch_size: int = 16,
+    trust_model_code: bool = False, trust_pickle: bool = False,
+) -> dict[int, tuple[np.ndarray, list[str]]]:
+    """Per unit, its top-k images side by side with the unit's mask shown, and their names.
+
+    The model is rebuilt from what ``run.json`` names, which is data, never consent: a
+    ``package.module:factory`` is imported only with ``trust_model_code`` and a pickled model
+    unpickled only with ``trust_pickle``, both given by the user on the command line.
+    """
     import torch
     import torch.nn.functional as F
 
     from concepts.hub import open_any
     from concepts.dissect.data import loader, stack_images
     from concepts.dissect.hooks import capture
-    from concepts.dissect.models import load_model, parse_device, parse_normalize
+    from concepts.dissect.models import is_factory, load_model, parse_device, parse_normalize
 
     topk = run.topk(layer)
     if topk.empty:
@@ -94,13 +112,22 @@ def unit_strips(run: Run, layer: str, *, dataset: Path | None = None, device: st
         if i >= len(samples) or samples[i].image != row["image"]:
             raise UsageError(f"top-k image {row['image']} is not image {i} of the dataset", path=root, hint="pass the run's dataset with --dataset")
     weights = args.get("weights")
+    model_name = params.get("model") or args.get("model")
+    if is_factory(model_name) and not trust_model_code:
+        raise ModelError(
+            f"names the model factory {model_name}; importing it runs its code", path=run.path / "run.json",
+            hint="pass --trust-model-code to allow it, or --no-images",
+        )
     try:
-        loaded = load_model(params.get("model", args.get("model")), Path(weights) if weights else None, pretrained=bool(args.get("pretrained")), trust_pickle=bool(args.get("trust_pickle")))
+        loaded = load_model(model_name, Path(weights) if weights else None, pretrained=bool(args.get("pretrained")), trust_pickle=trust_pickle, trust_code=trust_model_code)
     except ModelError as e:
-        raise ModelError(f"cannot rebuild the model to draw unit masks: {e.message}", path=e.path, hint="pass --no-images to write the report without image strips") from None
+        hint = f"{e.hint}, or --no-images" if e.hint else "pass --no-images to write the report without image strips"
+        raise ModelError(f"cannot rebuild the model to draw unit masks: {e.message}", path=e.path, hint=hint) from None
     if params.get("weights") and loaded.weights_hash != params["weights"]:
         raise ModelError(f"weights differ from the run's (hash {loaded.weights_hash}, run {params['weights']})", path=weights, hint="pass --no-images to write the report without image strips")
     thresholds = run.thresholds(layer)
+    if int(topk["unit"].max()) > len(thresholds):
+        raise UsageError(f"top-k file names unit {int(topk['unit'].max())} but the layer has {len(thresholds)} thresholds", path=run.file(layer, "topk"))
     # Which (unit, rank) tiles each needed image feeds.
     by_image: dict[int, list[tuple[int, int, float]]] = {}
     for u, r, i, v in zip(topk["unit"].astype(int), topk["rank"].astype(int), topk["image_index"].astype(int), topk["max_activation"].astype(float)):
@@ -112,7 +139,12 @@ def unit_strips(run: Run, layer: str, *, dataset: Path | None = None, device: st
     mismatched = 0
     dev = parse_device(device)
     model = loaded.module.to(dev)
-    data = loader(ds, subset, [], mean_std=parse_normalize(params.get("normalize", args.get("normalize", "imagenet"))), images=True, labels=False, batch_size=batch_size, workers=0)
+    normalize = params.get("normalize") or args.get("normalize") or "imagenet"
+    try:
+        mean_std = parse_normalize(normalize)
+    except UsageError as e:
+        raise UsageError(f"layers.{layer}.params.normalize: {e.message}", path=run.path / "run.json") from None
+    data = loader(ds, subset, [], mean_std=mean_std, images=True, labels=False, batch_size=batch_size, workers=0)
     with capture(model, [layer]) as grab:
         for items in progress(data, desc=f"masks {layer}", total=-(-len(subset) // batch_size), unit="batch"):
             feats = grab(stack_images(items).to(dev))[layer].float()
@@ -294,8 +326,13 @@ def write_report(
     device: str = "cpu",
     top_concepts: int = 20,
     run: Run | None = None,
+    trust_model_code: bool = False,
+    trust_pickle: bool = False,
 ) -> list[Path]:
-    """Write the HTML report of each layer of a run, its figures and tables into ``out``; return the files."""
+    """Write the HTML report of each layer of a run, its figures and tables into ``out``; return the files.
+
+    This writes into ``out`` as it goes; commands use :func:`render_reports`, which stages it.
+    """
     if images:
         from concepts.dissect.models import parse_device
 
@@ -321,7 +358,7 @@ def write_report(
         # Masks first: they need the model and dataset, the likeliest things to fail.
         strips: dict[int, tuple[np.ndarray, list[str]]] = {}
         if images:
-            strips = unit_strips(r, layer, dataset=dataset, device=device)
+            strips = unit_strips(r, layer, dataset=dataset, device=device, trust_model_code=trust_model_code, trust_pickle=trust_pickle)
         written += save_figure(plot_categories(r, layer), out / "plots" / f"{s}_categories")
         units = unit_table(r, layer)
         table(units, f"{s}_units.csv")
@@ -397,4 +434,73 @@ def write_comparison(runs: Sequence[Run], out: Path, layers: Sequence[str] | Non
     return written + [path]
 
 
-__all__ = ["overlay", "render_index", "unit_strips", "write_comparison", "write_report"]
+def render_reports(
+    runs: Sequence[Run],
+    out: Path,
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[Path] = (),
+    layers: Sequence[str] | None = None,
+    dataset: Path | None = None,
+    images: bool = True,
+    device: str = "cpu",
+    top_concepts: int = 20,
+    trust_model_code: bool = False,
+    trust_pickle: bool = False,
+) -> list[Path]:
+    """Write the report of one run, or of several with their comparison, as one staged output at ``out``.
+
+    The folder appears whole or not at all (:func:`concepts.staging.staged_output`, kind
+    ``report``); ``--overwrite`` replaces only an earlier report. Return the pages written.
+    """
+    from concepts.staging import staged_output
+
+    out = Path(os.path.abspath(out))
+    if images:
+        from concepts.dissect.models import parse_device
+
+        parse_device(device)
+
+    def mine(r: Run) -> list[str] | None:
+        return [lay for lay in layers if lay in r.layers] if layers else None
+
+    options = dict(dataset=dataset, images=images, device=device, top_concepts=top_concepts, trust_model_code=trust_model_code, trust_pickle=trust_pickle)
+    pages: list[Path] = []
+    with staged_output(out, kind="report", overwrite=overwrite, inputs=inputs) as tmp, _named(tmp, out):
+        if len(runs) == 1:
+            written = write_report(runs[0].path, tmp, layers=mine(runs[0]), run=runs[0], **options)
+            pages = [p for p in written if p.suffix == ".html"]
+        else:
+            links = []
+            for r in runs:
+                sub = safe_name(r.name.replace("/", "_"))
+                written = write_report(r.path, tmp / sub, layers=mine(r), run=r, **options)
+                pages += [p for p in written if p.suffix == ".html" and p.name != "index.html"]
+                links.append((r.name, f"{sub}/index.html"))
+            write_comparison(runs, tmp, layers)
+            figures = [("Detectors per category", "plots/compare_categories.png"), ("Detectors across layers", "plots/compare_layers.png")]
+            atomic_write(tmp / "index.html", render_index("Dissection reports: " + ", ".join(r.name for r in runs), links, figures))
+            pages.append(tmp / "index.html")
+    return [out / p.relative_to(tmp) for p in pages]
+
+
+@contextlib.contextmanager
+def _named(tmp: Path, out: Path) -> Iterator[None]:
+    """Errors raised while writing into the staging folder name the user's ``out`` instead (the folder is gone after)."""
+    try:
+        yield
+    except ConceptsError as e:
+        if e.path is not None and Path(e.path).is_relative_to(tmp):
+            e.path = out / Path(e.path).relative_to(tmp)
+            e.args = (e.format(),)
+        raise
+    except OSError as e:
+        from concepts.staging import OutputWriteError, write_failed
+
+        name = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes, os.PathLike)) else None
+        if write_failed(e, tmp) or name is None:
+            raise OutputWriteError(f"cannot write the report: {e.strerror or type(e).__name__}", path=out) from None
+        raise UsageError(f"cannot read: {e.strerror or type(e).__name__}", path=name) from None
+
+
+__all__ = ["overlay", "render_index", "render_reports", "unit_strips", "write_comparison", "write_report"]

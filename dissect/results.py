@@ -37,8 +37,13 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     if isinstance(data, str):
         data = data.encode("utf-8")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk or an interrupt must not leave a half-written hidden file behind.
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def best_labels(iou: np.ndarray, primary: np.ndarray, num_categories: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

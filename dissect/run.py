@@ -6,12 +6,17 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import platform
+import re
 import shutil
+import signal
+import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +25,12 @@ import numpy as np
 import torch
 
 from concepts.hub import HubDataset, open_any
-from concepts.errors import ConceptsError, DatasetFormatError, UsageError
+from concepts.errors import ConceptsError, DatasetFormatError, OutputExistsError, UsageError
 from concepts.dissect.features import FeatureStore
 from concepts.dissect.hooks import check_layers
 from concepts.dissect.models import file_hash, load_model, parse_device, parse_normalize
 from concepts.dissect.results import atomic_write, layer_files, write_json, write_layer
+from concepts.staging import MARKER, OutputWriteError, guard_target, is_output, write_failed, write_marker
 from concepts.dissect.tally import UNIONS, Tally
 from concepts.dissect.thresholds import ExactQuantile
 
@@ -64,31 +70,60 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def _arg(value: Any) -> Any:
-    """An argument as run.json keeps it: local paths absolute, so a report can run from anywhere."""
-    if isinstance(value, Path) or (isinstance(value, str) and value and not value.startswith("hf://") and Path(value).exists()):
-        return str(Path(value).absolute())
+#: DissectConfig fields that hold local paths: run.json keeps them absolute, so a report can run from anywhere.
+_PATH_ARGS = ("dataset", "out", "weights")
+#: What a --split may be called (as publish allows): no spaces, no '/'.
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def _arg(key: str, value: Any) -> Any:
+    """An argument as run.json keeps it: path-typed ones absolute, every other one as typed."""
+    if key in _PATH_ARGS and value is not None and not str(value).startswith("hf://"):
+        return _absolute(value)
+    if isinstance(value, Path):
+        return str(value)
     return value
+
+
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).absolute())
+
+
+def _finite(name: str, value: float, low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> None:
+    """Refuse a NaN, an infinity or a value outside ``[low, high]`` (ends excluded when open), in one line."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
+    if not ok:
+        lo, hi = ("(" if open_low else "[") + f"{low:g}", f"{high:g}" + (")" if open_high else "]")
+        raise UsageError(f"{name} {value}: must be a number in {lo}, {hi}")
 
 
 def _check(cfg: DissectConfig) -> None:
     if not cfg.layers:
         raise UsageError("give at least one --layer")
-    if not 0 < cfg.quantile < 1:
-        raise UsageError(f"--quantile {cfg.quantile}: must be between 0 and 1")
+    _finite("--quantile", cfg.quantile, 0, 1, open_low=True, open_high=True)
+    _finite("--iou-threshold", cfg.iou_threshold, 0, 1)
+    _finite("--cache-gb", cfg.cache_budget_gb, 0, 1e6)
     if cfg.union not in UNIONS:
         raise UsageError(f"--union {cfg.union!r}: choose one of {', '.join(UNIONS)}")
     if cfg.workers is None:
         cfg.workers = default_workers()
-    if cfg.batch_size < 1 or cfg.workers < 0 or cfg.top_k < 0 or (cfg.limit is not None and cfg.limit < 1):
-        raise UsageError("--batch-size and --limit must be positive, --workers and --top-k not negative")
+    for name, value in (("--batch-size", cfg.batch_size), ("--top-k", cfg.top_k), ("--limit", cfg.limit)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} {value}: must be positive")
+    if cfg.workers < 0:
+        raise UsageError(f"--workers {cfg.workers}: must not be negative")
+    if cfg.split is not None and not _SPLIT_NAME.fullmatch(cfg.split):
+        raise UsageError(f"--split {cfg.split!r}: a split name is letters, digits, '_', '-' and '.'")
     parse_device(cfg.device)
+    parse_normalize(cfg.normalize)
     unknown = [k for k in cfg.thresholds if k and k not in cfg.layers]
     if unknown:
         raise UsageError(f"--thresholds for {', '.join(unknown)}, which is not a --layer")
     for path in cfg.thresholds.values():
         if not Path(path).is_file():
             raise UsageError("--thresholds file not found", path=path)
+        _read_thresholds(Path(path))  # a bad file is refused now, not after the forward pass starts
 
 
 def _preflight(ds: Any, samples: list[Any], categories: list[str]) -> None:
@@ -106,12 +141,25 @@ def _preflight(ds: Any, samples: list[Any], categories: list[str]) -> None:
                 raise DatasetFormatError(f"images/{rel} is missing", path=Path(ds.root) / "index.csv", row=s.index + 2)
 
 
-def _load_thresholds(path: Path, units: int, layer: str) -> np.ndarray:
+def _read_thresholds(path: Path) -> np.ndarray:
+    """The numbers of a thresholds ``.npy`` (never unpickled), refusing text, objects and NaN."""
     try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read thresholds: {e}", item=str(path)) from None
-    arr = np.asarray(arr, np.float32).reshape(-1)
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise UsageError(f"cannot read thresholds: {(str(e).splitlines() or [type(e).__name__])[0]}", path=path) from None
+    if not isinstance(arr, np.ndarray):
+        raise UsageError("is not one .npy array of thresholds", path=path)
+    if arr.dtype.kind not in "fiu":
+        raise UsageError(f"holds {arr.dtype} values, not numbers; thresholds must be a float array", path=path)
+    arr = np.array(arr, np.float32).reshape(-1)
+    nan = int(np.isnan(arr).sum())
+    if nan:
+        raise UsageError(f"holds {nan} NaN threshold(s) of {arr.size}; every unit needs a number", path=path)
+    return arr
+
+
+def _load_thresholds(path: Path, units: int, layer: str) -> np.ndarray:
+    arr = _read_thresholds(path)
     if arr.shape != (units,):
         raise UsageError(f"has {arr.size} thresholds but layer {layer} has {units} units", item=str(path))
     return arr
@@ -148,7 +196,7 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__, "concepts": getattr(concepts, "__version__", "")}
 
 
-def _stale(previous: dict[str, Any] | None, params: dict[str, Any], out: Path, layer: str) -> str | None:
+def _stale(previous: dict[str, Any] | None, params: dict[str, Any], out: Path, layer: str, summary: Any) -> str | None:
     """Why a layer must be (re)computed, or None when its finished results can be reused."""
     if not previous:
         return "no earlier run"
@@ -157,14 +205,107 @@ def _stale(previous: dict[str, Any] | None, params: dict[str, Any], out: Path, l
     if changed:
         return "changed: " + "; ".join(changed)
     missing = [f for f in layer_files(layer).values() if not (out / f).is_file()]
-    return f"missing {', '.join(missing)}" if missing else None
+    if missing:
+        return f"missing {', '.join(missing)}"
+    return None if _summary_ok(summary) else "its summary in summary.json is missing or unreadable"
+
+
+def _summary_ok(summary: Any) -> bool:
+    """Whether a layer's entry of summary.json has the shape dissect writes (the CLI prints it)."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("categories"), dict):
+        return False
+    numbers = [summary.get(k) for k in ("units", "detectors", "unique_concepts")]
+    numbers += [v.get(k) if isinstance(v, dict) else None for v in summary["categories"].values() for k in ("detectors", "unique_concepts")]
+    return all(isinstance(n, int) and not isinstance(n, bool) for n in numbers)
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file of the run folder, or None when it is absent or unreadable (then it is rewritten)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as e:
+        log.info("%s is unreadable (%s): its results are recomputed", path, (str(e).splitlines() or [type(e).__name__])[0])
+        return None
+
+
+def _previous_layers(record: Any) -> dict[str, dict[str, Any]]:
+    """The finished layers of an earlier run.json, keeping only well-formed entries (files named by us, not by the file)."""
+    layers = record.get("layers") if isinstance(record, dict) else None
+    if not isinstance(layers, dict):
+        return {}
+    return {
+        k: {"key": v.get("key"), "params": v["params"], "files": layer_files(k)}
+        for k, v in layers.items()
+        if k and isinstance(v, dict) and isinstance(v.get("params"), dict)
+    }
+
+
+def _is_run_record(path: Path) -> bool:
+    """Whether ``path`` holds a run.json that concepts dissect wrote (before outputs carried a marker)."""
+    record = _read_json(path / "run.json") if (path / "run.json").is_file() else None
+    return isinstance(record, dict) and isinstance(record.get("layers"), dict) and isinstance(record.get("args"), dict) and "versions" in record
+
+
+def _guard_output(out: Path, inputs: list[Path]) -> None:
+    """Refuse, in one line and before any work starts, an ``out`` that is not a dissection folder to be.
+
+    A dissection resumes in place, so its folder is never replaced: ``-o`` may name a new or
+    empty folder, a folder an earlier dissect wrote (its marker, or a run.json of a run from
+    before markers existed), never anything else, nor an input, the current or home folder.
+    """
+    try:
+        guard_target(out, kind="dissection", overwrite=True, inputs=inputs)
+    except OutputExistsError:
+        foreign = out.is_dir() and not out.is_symlink() and not os.path.lexists(out / MARKER)
+        if not foreign:
+            raise
+        if not _is_run_record(out):
+            raise OutputExistsError(
+                f"is a folder concepts did not write (no {MARKER} marker, no run.json); dissect never writes into it",
+                path=out, hint="choose a new or empty folder for -o",
+            ) from None
+
+
+def _make_output(out: Path) -> None:
+    """Create the dissection folder (once the run is known to start) and mark it as ours."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not is_output(out, "dissection"):
+            write_marker(out, "dissection")
+    except FileExistsError:
+        raise OutputWriteError("cannot be created: a file stands where a folder must be", path=out) from None
+    except OSError as e:
+        raise OutputWriteError(f"cannot be created: {e.strerror or type(e).__name__}", path=out) from None
+
+
+def _inputs(cfg: DissectConfig) -> list[Path]:
+    """The local files and folders this run reads, which its output must neither be, hold nor lie in."""
+    paths = [] if str(cfg.dataset).startswith("hf://") else [Path(cfg.dataset)]
+    paths += [Path(p) for p in [cfg.weights, *cfg.thresholds.values()] if p is not None]
+    return paths
 
 
 def dissect(cfg: DissectConfig) -> dict[str, Any]:
     """Dissect ``cfg.layers`` of the model against the dataset; return the run record."""
+    out = Path(os.path.abspath(cfg.out))
+    try:
+        return _dissect(cfg, out)
+    except ConceptsError:
+        raise  # some are OSErrors too (OutputExistsError), and already one line
+    except OSError as e:
+        if write_failed(e, out):
+            raise OutputWriteError(f"cannot write the dissection: {e.strerror or type(e).__name__}", path=cfg.out) from None
+        name = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes, os.PathLike)) else str(cfg.dataset)
+        raise DatasetFormatError(f"cannot read: {e.strerror or type(e).__name__}", path=name) from None
+
+
+def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
     _check(cfg)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    _guard_output(out, _inputs(cfg))
     try:
         ds = open_any(cfg.dataset)
     except OSError as e:
@@ -173,58 +314,118 @@ def dissect(cfg: DissectConfig) -> dict[str, Any]:
     bad = [c for c in categories if c not in ds.category_names]
     if bad:
         raise UsageError(f"unknown categor{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)}; the dataset has {', '.join(ds.category_names)}")
+    if not categories:
+        raise DatasetFormatError("the dataset has no category to dissect against", path=Path(str(cfg.dataset)) / "category.csv")
     samples = ds.select(cfg.split, cfg.limit)
     if not samples:
-        raise UsageError(f"no images in split {cfg.split!r}" if cfg.split else "the dataset has no images", item=str(cfg.dataset))
+        if cfg.split:
+            raise UsageError(f"no images in split {cfg.split!r}; the dataset has {', '.join(ds.splits()) or 'none'}", item=str(cfg.dataset))
+        raise UsageError("the dataset has no images", item=str(cfg.dataset))
     _preflight(ds, samples, categories)
+    primary = ds.primary_categories(categories)
+    if not (primary[1:] >= 0).any():
+        # Found here, not after the forward pass: every unit would score 0 against nothing.
+        raise DatasetFormatError(f"no label of label.csv belongs to the categories {', '.join(categories)}; there is nothing to dissect against", path=Path(str(cfg.dataset)))
     mean_std = parse_normalize(cfg.normalize)
     loaded = load_model(cfg.model, cfg.weights, pretrained=cfg.pretrained, trust_pickle=cfg.trust_pickle)
     check_layers(loaded.module, cfg.layers)
     fingerprint = ds.fingerprint()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_output(out)
+    if _finish_commit(out):
+        log.info("finished putting in place the results of an interrupted run")
     run_path = out / "run.json"
-    try:
-        previous = json.loads(run_path.read_text()) if run_path.is_file() else {}
-    except ValueError:
-        previous = {}  # an unreadable record: recompute everything
+    previous = _previous_layers(_read_json(run_path))
+    summary_path = out / "summary.json"
+    summaries = _read_json(summary_path)
+    if not isinstance(summaries, dict):
+        summaries = {}
     layers = list(dict.fromkeys(cfg.layers))
     params = {layer: _params(cfg, layer, loaded.weights_hash, fingerprint, categories) for layer in layers}
     todo = []
     for layer in layers:
-        why = "--force" if cfg.force else _stale(previous.get("layers", {}).get(layer), params[layer], out, layer)
+        why = "--force" if cfg.force else _stale(previous.get(layer), params[layer], out, layer, summaries.get(layer))
         if why:
             log.info("%s: computing (%s)", layer, why)
             todo.append(layer)
         else:
             log.info("%s: finished results with identical arguments found, not recomputed", layer)
-    summary_path = out / "summary.json"
-    try:
-        summaries = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except ValueError:
-        summaries = {}
     record = {
-        "args": {k: _arg(v) for k, v in asdict(cfg).items()} | {"thresholds": {k: _arg(v) for k, v in cfg.thresholds.items()}},
+        "args": {k: _arg(k, v) for k, v in asdict(cfg).items()} | {"thresholds": {k: _absolute(v) for k, v in cfg.thresholds.items()}},
         "versions": _versions(),
         "images": len(samples),
-        "layers": {k: v for k, v in previous.get("layers", {}).items() if k not in todo},
+        # A finished layer keeps its entry (and its files) until its new results are complete.
+        "layers": dict(previous),
         "timings": {},
         "recomputed": todo,
     }
-    if todo:
-        # Forget the layers about to be rewritten first: an interrupt while their files are
-        # replaced must not leave the old arguments beside the new files.
+    if not todo:
+        if (out / ".partial").exists():
+            shutil.rmtree(out / ".partial", ignore_errors=True)
+            log.info("removed the partial results of an interrupted run (every layer asked for is finished)")
+        timings["total_s"] = time.perf_counter() - t_start
+        record["timings"] = timings
+        record["summary"] = {k: summaries.get(k) for k in layers}
         write_json(run_path, record)
-        key = _key({k: params[k] for k in todo})
-        timings, record["resumed"] = _compute(cfg, ds, samples, categories, loaded.module, todo, mean_std, out, summaries, key)
-        for layer in todo:
-            record["layers"][layer] = {"key": _key(params[layer]), "params": params[layer], "files": layer_files(layer)}
-        write_json(summary_path, summaries)
+        return record
+    work = _Work(out, _key({k: params[k] for k in todo}))
+    timings, record["resumed"] = _compute(cfg, ds, samples, categories, loaded.module, todo, mean_std, work, summaries)
+    for layer in todo:
+        record["layers"][layer] = {"key": _key(params[layer]), "params": params[layer], "files": layer_files(layer)}
     timings["total_s"] = time.perf_counter() - t_start
     record["timings"] = timings
     record["summary"] = {k: summaries.get(k) for k in layers}
-    write_json(run_path, record)
+    files = [f for layer in todo for f in layer_files(layer).values()]
+    write_json(work.results / _JOURNAL, {"files": files, "record": record, "summary": summaries})
+    _finish_commit(out)
     return record
+
+
+#: The commit journal: which finished files go into the run folder, and the run.json and summary.json that name them.
+_JOURNAL = "commit.json"
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while a few renames run, so an interrupt never falls between them."""
+    mask = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _finish_commit(out: Path) -> bool:
+    """Move finished results from ``OUT/.partial/results`` into place as the journal says; True if there was one.
+
+    The journal is written only once every new file is complete, so until then run.json names
+    the old files, which stay untouched; after it, this step (repeated by the next run if the
+    process dies half-way) moves the new files in and then writes the run.json naming them.
+    """
+    results = out / ".partial" / "results"
+    if (out / ".partial").is_symlink() or results.is_symlink():
+        return False  # never ours: _Work replaces it
+    journal = _read_json(results / _JOURNAL) if (results / _JOURNAL).is_file() else None
+    if journal is None:
+        return False
+    files = journal.get("files") if isinstance(journal, dict) else None
+    plain = isinstance(files, list) and all(isinstance(f, str) and f and f == Path(f).name and not f.startswith(".") for f in files)
+    if not plain or not isinstance(journal.get("record"), dict) or not isinstance(journal.get("summary"), dict):
+        log.warning("discarding an unreadable commit journal in %s", results)
+        shutil.rmtree(out / ".partial", ignore_errors=True)
+        return False
+    with _signals_deferred():
+        for name in files:
+            if (results / name).is_file():
+                os.replace(results / name, out / name)
+        write_json(out / "summary.json", journal["summary"])
+        write_json(out / "run.json", journal["record"])
+        (results / _JOURNAL).unlink()
+    shutil.rmtree(out / ".partial", ignore_errors=True)
+    return True
 
 
 class _Work:
@@ -237,6 +438,8 @@ class _Work:
 
     def __init__(self, out: Path, key: str) -> None:
         self.dir = out / ".partial"
+        #: Finished result files wait here until every one is complete (see _finish_commit).
+        self.results = self.dir / "results"
         self.state: dict[str, Any] = {}
         path = self.dir / "state.json"
         if path.is_file():
@@ -244,12 +447,14 @@ class _Work:
                 self.state = json.loads(path.read_text())
             except ValueError:
                 self.state = {}
-        if self.state.get("key") != key:
-            if self.dir.exists():
+        if self.state.get("key") != key or self.dir.is_symlink():
+            if os.path.lexists(self.dir):
                 log.info("discarding the partial results of an interrupted run with other arguments")
+            if self.dir.is_symlink():
+                self.dir.unlink()
             shutil.rmtree(self.dir, ignore_errors=True)
             self.state = {"key": key}
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.results.mkdir(parents=True, exist_ok=True)
         self.found = {k: v for k, v in self.state.items() if k != "key"}
 
     def save(self, **changes: Any) -> None:
@@ -271,10 +476,6 @@ class _Work:
         except (OSError, ValueError, zipfile.BadZipFile):
             return None
 
-    def remove(self) -> None:
-        """Delete the folder once the results are in place."""
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 class _Every:
     """True at most once per ``seconds`` (checkpoints cost a write; interrupts save anyway)."""
@@ -290,11 +491,13 @@ class _Every:
         return False
 
 
-def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, out: Path, summaries: dict[str, Any], key: str) -> tuple[dict[str, float], dict[str, Any]]:
-    """The three steps for ``layers`` in shared passes over the data; return timings and what was resumed."""
+def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, work: _Work, summaries: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """The three steps for ``layers`` in shared passes over the data; return timings and what was resumed.
+
+    The result files are written into ``work.results``; the caller moves them into place.
+    """
     device = parse_device(cfg.device)
     timings: dict[str, float] = {}
-    work = _Work(out, key)
     resumed: dict[str, Any] = {}
     store = FeatureStore(model, layers, ds, samples, categories, mean_std=mean_std, batch_size=cfg.batch_size, workers=cfg.workers, device=device, cache_dir=work.dir, budget_bytes=int(cfg.cache_budget_gb * 1e9))
     feat_state = work.found.get("features") or {}
@@ -375,9 +578,8 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
     images = [getattr(s, "image", str(i)) for i, s in enumerate(samples)]
     for k in layers:
         vals, ids = top.get(k, (torch.empty(0, 0), torch.empty(0, 0, dtype=torch.long)))
-        summaries[k] = write_layer(out, k, tallies[k].arrays(), thresholds[k], primary, categories, names_l, cfg.iou_threshold, (vals.cpu().numpy(), ids.cpu().numpy()), images)
+        summaries[k] = write_layer(work.results, k, tallies[k].arrays(), thresholds[k], primary, categories, names_l, cfg.iou_threshold, (vals.cpu().numpy(), ids.cpu().numpy()), images)
     timings["results_s"] = time.perf_counter() - t
-    work.remove()
     return timings, resumed
 
 

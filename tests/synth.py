@@ -166,3 +166,24 @@ def small_convnet(num_classes: int = 3):
     net.flat = nn.Flatten()
     net.head = nn.Linear(6, num_classes)
     return net
+
+
+def write_png16_rgb(path: Path, labels: np.ndarray) -> None:
+    """Write label numbers as a 16-bit-per-channel RGB PNG (R = number, G = B = 0), by hand.
+
+    Pillow cannot write such a file, and reads it back as 8-bit RGB holding only the high bytes,
+    so small numbers come back as 0: the kind of file a validator must refuse.
+    """
+    import struct
+    import zlib
+
+    h, w = labels.shape
+    rgb = np.zeros((h, w, 3), ">u2")
+    rgb[..., 0] = labels
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))

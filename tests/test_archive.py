@@ -70,10 +70,11 @@ def test_tar_links_and_escapes(tmp_path: Path) -> None:
 
 def test_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     z = _zip(tmp_path / "big.zip", {"a": b"x" * 100, "b": b"y"})
-    monkeypatch.setattr(arc, "MAX_BYTES", 50)
-    with pytest.raises(UnsafeInputError, match="declares 101 uncompressed bytes"):
+    monkeypatch.setenv("CONCEPTS_MAX_ARCHIVE_BYTES", "50")
+    with pytest.raises(UnsafeInputError, match="declares 101 uncompressed bytes") as e:
         arc.extract_archive(z, tmp_path / "d")
-    monkeypatch.setattr(arc, "MAX_BYTES", 10**6)
+    assert "CONCEPTS_MAX_ARCHIVE_BYTES" in str(e.value)
+    monkeypatch.setenv("CONCEPTS_MAX_ARCHIVE_BYTES", str(10**6))
     monkeypatch.setattr(arc, "MAX_MEMBERS", 1)
     with pytest.raises(UnsafeInputError, match="2 members"):
         arc.extract_archive(z, tmp_path / "d")

@@ -66,7 +66,6 @@ def test_defaults_and_toml(tmp_path: Path) -> None:
     [
         ("labels: [a, b]\n", "labels: must be a table"),
         ("labels:\n  cat: {colour: red}\n", "labels.cat: unknown key(s) colour"),
-        ("labels:\n  cat: {category: 'Bad Name!'}\n", "labels.cat.category: category 'Bad Name!' may only use"),
         ("labels:\n  cat: {synonyms: 3}\n", "labels.cat.synonyms: must be a list of strings"),
         ("frobnicate: 1\n", "top level: unknown key(s) frobnicate"),
         ("unmapped: maybe\n", "unmapped: must be 'keep' or 'drop'"),
@@ -80,6 +79,14 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> No
     with pytest.raises(SourceError) as e:
         load_mapping(path)
     assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_bad_category_is_a_usage_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("labels:\n  cat: {category: 'Bad Name!'}\n")
+    with pytest.raises(UsageError) as e:
+        load_mapping(path)
+    assert f"{path}, line 2, labels.cat.category: category name 'Bad Name!' may only use" in str(e.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -248,7 +248,7 @@ def test_tables_agree_with_dissect_summary(real_run):
 
 
 def test_red_unit_masks_cover_the_red_squares(real_run):
-    strips = unit_strips(load_run(real_run), "conv", tile=32)
+    strips = unit_strips(load_run(real_run), "conv", tile=32, trust_model_code=True)
     topk = pd.read_csv(real_run / "topk_conv.csv")
     assert sorted(strips) == [1, 2, 3, 4]
     pixels, names = strips[3]  # unit 3 (channel 2) is R - (G + B) / 2
@@ -262,7 +262,7 @@ def test_red_unit_masks_cover_the_red_squares(real_run):
 
 
 def test_report_with_images(real_run, tmp_path):
-    written = write_report(real_run, tmp_path / "rep")
+    written = write_report(real_run, tmp_path / "rep", trust_model_code=True)
     for page in [p for p in written if p.suffix == ".html"]:
         check_refs(page)
     refs, cards = html_refs(tmp_path / "rep" / "conv.html")
@@ -281,6 +281,6 @@ def test_dissect_report_flag_from_another_directory(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["args"]["dataset"] == str(ds.absolute())
     monkeypatch.chdir(ds)  # the report's masks must not depend on the working directory
-    written = write_report(tmp_path / "run", tmp_path / "again")
+    written = write_report(tmp_path / "run", tmp_path / "again", trust_model_code=True)
     check_refs(tmp_path / "again" / "conv.html")
     assert any(p.name.startswith("unit") for p in written)

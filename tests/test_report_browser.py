@@ -42,7 +42,7 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     ds = toy_dataset(root / "ds", n=8)
     dissect(DissectConfig(dataset=ds, layers=["conv"], out=root / "run", model="synth:red_unit_net", normalize="none", quantile=0.1, workers=0, top_k=4))
-    write_report(root / "run", root / "report")
+    write_report(root / "run", root / "report", trust_model_code=True)
     return root / "report" / "conv.html"
 
 

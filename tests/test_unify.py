@@ -208,7 +208,7 @@ class _Layered(Builder):
 
 
 def test_multi_layer_cells(tmp_path: Path) -> None:
-    ds = open_dataset(build([_Layered(tmp_path)], tmp_path / "out"))
+    ds = open_dataset(build([_Layered(tmp_path / "in")], tmp_path / "out"))
     sample = ds[0]
     assert sample.pixel_paths("part") == [f"test-layered/sub_dir__img_{sample.image[-5]}_part_{n}.png" for n in (1, 2)]
     layers = ds.load_labels(sample, "part")
@@ -220,10 +220,10 @@ def test_multi_layer_cells(tmp_path: Path) -> None:
 
 
 def test_corrupt_item_is_skipped_or_fails_under_strict(tmp_path: Path) -> None:
-    summary = build_dataset([_Layered(tmp_path, {"corrupt_at": 1})], tmp_path / "out", BuildOptions(workers=1))
+    summary = build_dataset([_Layered(tmp_path / "in", {"corrupt_at": 1})], tmp_path / "out", BuildOptions(workers=1))
     assert summary.skipped == {"unreadable image": 1} and summary.images == {"test-layered": 2}
     with pytest.raises(SourceItemError, match="cannot decode image"):
-        build_dataset([_Layered(tmp_path, {"corrupt_at": 1})], tmp_path / "strict", BuildOptions(workers=1, strict=True))
+        build_dataset([_Layered(tmp_path / "in", {"corrupt_at": 1})], tmp_path / "strict", BuildOptions(workers=1, strict=True))
     assert not (tmp_path / "strict").exists()
 
 
@@ -234,12 +234,12 @@ def _leftovers(parent: Path) -> list[str]:
 def test_interrupted_build_leaves_nothing_and_keeps_previous_result(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        build_dataset([_Layered(tmp_path, {"interrupt_at": 2})], out, BuildOptions(workers=1))
+        build_dataset([_Layered(tmp_path / "in", {"interrupt_at": 2})], out, BuildOptions(workers=1))
     assert not out.exists() and _leftovers(tmp_path) == []
-    build([_Layered(tmp_path, {"n": 2})], out)
+    build([_Layered(tmp_path / "in", {"n": 2})], out)
     before = (out / "index.csv").read_bytes()
     with pytest.raises(KeyboardInterrupt):
-        build_dataset([_Layered(tmp_path, {"interrupt_at": 2})], out, BuildOptions(workers=1, overwrite=True))
+        build_dataset([_Layered(tmp_path / "in", {"interrupt_at": 2})], out, BuildOptions(workers=1, overwrite=True))
     assert (out / "index.csv").read_bytes() == before and _leftovers(tmp_path) == []
 
 
@@ -249,7 +249,7 @@ def test_interrupt_with_worker_processes(tmp_path: Path) -> None:
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            build_dataset([_Layered(tmp_path, {"n": 200, "sleep": 0.05})], tmp_path / "out", BuildOptions(workers=2))
+            build_dataset([_Layered(tmp_path / "in", {"n": 200, "sleep": 0.05})], tmp_path / "out", BuildOptions(workers=2))
     finally:
         timer.cancel()
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
@@ -358,10 +358,10 @@ def test_one_worker_process_gives_the_in_process_output(tmp_path: Path, monkeypa
     # ones run in the caller. Both paths, and the staged-layer spool, must give the same bytes.
     from concepts import unify
 
-    source = _Layered(tmp_path, {"n": 6})
+    source = _Layered(tmp_path / "in", {"n": 6})
     here = build([source], tmp_path / "here" / "out", size=(16, 16))
     monkeypatch.setattr(unify, "POOL_MIN_ITEMS", 2)
-    pooled = build([_Layered(tmp_path, {"n": 6})], tmp_path / "pool" / "out", size=(16, 16))
+    pooled = build([_Layered(tmp_path / "in", {"n": 6})], tmp_path / "pool" / "out", size=(16, 16))
     files = sorted(p.relative_to(here).as_posix() for p in here.rglob("*") if p.is_file())
     assert len(files) > 6 and files == sorted(p.relative_to(pooled).as_posix() for p in pooled.rglob("*") if p.is_file())
     _, mismatch, errors = filecmp.cmpfiles(here, pooled, files, shallow=False)

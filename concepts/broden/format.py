@@ -21,16 +21,44 @@ Layout (FORMATS.md part A)::
 * The split of a row is decided by the MD5 of its ``image`` cell (:func:`split_hash`); rows are written
   in ascending hash order.
 * NetDissect-Lite stores label numbers as int16, so numbers above 32767 are refused.
+
+Names
+-----
+Names are checked once, where they enter (a concept mapping file, a source's label table or
+annotations, a dataset's tables), by :func:`check_category_name` and :func:`check_label_name`;
+anything else is refused with one line naming the file and the line, row or element.
+
+* A **category name** becomes an ``index.csv`` column, a ``c_<category>.csv`` file name, a part of
+  PNG file names and a ``cat(freq)`` item of ``label.csv``. It is 1 to 64 lower-case ASCII letters,
+  digits, ``_`` and ``-``, starting with a letter (``object``, ``part``, ``wood-grain``), and is not
+  a fixed column of ``index.csv`` (``image``, ``split``, ``ih``, ``iw``, ``sh``, ``sw``). A user's
+  category may not be ``color`` while the colour category is computed (``--color``, the default).
+* A **label name** is free text, as Broden's own are (``chest of drawers``, ``red-c``,
+  ``airport-s``, ``car, auto``): any printable Unicode, spaces, commas, quotes, ``/`` and ``<>``
+  included, since the CSV writer quotes what needs quoting, names never become paths, and the
+  report escapes HTML. Refused: an empty name, leading or trailing whitespace, control characters
+  (line breaks, tabs, NUL, ESC), Unicode line/paragraph separators, lone surrogates, and more than
+  256 characters. Sources' names are then normalised (NFC, lower case, runs of spaces to one);
+  ``;``, ``(`` and ``)``, which ``label.csv`` reserves, become ``,``, ``[`` and ``]`` and ``"`` is
+  dropped.
+* **Label numbers** are ``R + 256 * G``: at most 65,535 labels can be stored, and 32,767 can be read
+  by NetDissect-Lite; a build (or a source's ids per category) beyond that is refused before anything
+  is written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import reprlib
+import unicodedata
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from concepts.errors import ConceptsError, UsageError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -58,6 +86,82 @@ MAX_RG = 65535
 CATEGORY_ITEM = re.compile(r"^(?P<name>[^;()]+)\((?P<count>\d+)\)$")
 #: Characters that cannot appear in a label or category name (list separator and `cat(n)` syntax).
 FORBIDDEN_NAME_CHARS = ";()"
+
+#: The colour category the builder computes from the pixels.
+COLOR_CATEGORY_NAME = "color"
+#: A category name: lower-case ASCII letters, digits, ``_`` and ``-``, starting with a letter.
+CATEGORY_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+MAX_CATEGORY_NAME = 64
+MAX_LABEL_NAME = 256
+#: Unicode categories refused in label names: controls, line/paragraph separators, surrogates.
+_BAD_NAME_CHARS = ("Cc", "Zl", "Zp", "Cs")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 2
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 4
+
+
+def shown(value: object) -> str:
+    """A bounded ``repr`` for messages: a hostile value (huge, deeply shared) prints in one short line."""
+    return _REPR.repr(value)
+
+
+def _name_error(error: type[ConceptsError], message: str, path: str | Path | None, row: int | None,
+                item: str | None) -> ConceptsError:
+    return error(message, path=path, row=row, item=item, hint="see 'Names' in concepts/broden/format.py")
+
+
+def check_category_name(
+    name: object,
+    *,
+    path: str | Path | None,
+    row: int | None = None,
+    item: str | None = None,
+    error: type[ConceptsError] = UsageError,
+    color_computed: bool = False,
+) -> str:
+    """Return ``name`` if it is a valid category name, else raise ``error`` with one line naming where."""
+    if not isinstance(name, str):
+        raise _name_error(error, f"category name {shown(name)} is not text", path, row, item)
+    text = shown(name)
+    if len(name) > MAX_CATEGORY_NAME:
+        raise _name_error(error, f"category name {text} is longer than {MAX_CATEGORY_NAME} characters", path, row, item)
+    if not CATEGORY_NAME.fullmatch(name):
+        raise _name_error(error, f"category name {text} may only use lower-case letters a-z, digits, '_' and '-', "
+                                 "starting with a letter", path, row, item)
+    if name in INDEX_FIXED_COLUMNS:
+        raise _name_error(error, f"category name {name!r} is reserved (a fixed column of {INDEX_FILE}: "
+                                 f"{', '.join(INDEX_FIXED_COLUMNS)})", path, row, item)
+    if color_computed and name == COLOR_CATEGORY_NAME:
+        raise _name_error(error, f"category name {name!r} is the computed colour category; rename it, "
+                                 "or build with --no-color", path, row, item)
+    return name
+
+
+def check_label_name(
+    name: object,
+    *,
+    path: str | Path | None,
+    row: int | None = None,
+    item: str | None = None,
+    error: type[ConceptsError] = UsageError,
+) -> str:
+    """Return ``name`` if it is a valid label name, else raise ``error`` with one line naming where."""
+    if not isinstance(name, str):
+        raise _name_error(error, f"label name {shown(name)} is not text", path, row, item)
+    text = shown(name)
+    if not name.strip():
+        raise _name_error(error, f"label name {text} is empty", path, row, item)
+    if len(name) > MAX_LABEL_NAME:
+        raise _name_error(error, f"label name {text} is longer than {MAX_LABEL_NAME} characters", path, row, item)
+    bad = next((c for c in name if unicodedata.category(c) in _BAD_NAME_CHARS), None)
+    if bad is not None:
+        raise _name_error(error, f"label name {text} contains the control character U+{ord(bad):04X}", path, row, item)
+    if name != name.strip():
+        raise _name_error(error, f"label name {text} starts or ends with whitespace", path, row, item)
+    return name
 
 
 def code_file(category: str) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from concepts.broden import format as fmt
+from concepts.errors import DatasetFormatError
 from concepts.vocabulary import Numbering
 
 
@@ -37,8 +38,18 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object
 
 
 def write_tables(root: Path, numbering: Numbering, rows: Sequence[IndexRow]) -> list[str]:
-    """Write index, category, label and code tables; return the category order used."""
+    """Write index, category, label and code tables; return the category order used.
+
+    Refuses, before writing anything, label numbers the RG encoding cannot hold and category
+    names that are not safe as columns and file names (``c_<category>.csv``).
+    """
     categories = numbering.categories()
+    for cat in categories:
+        fmt.check_category_name(cat, path=root / fmt.CATEGORY_FILE, error=DatasetFormatError)
+    top = max((lab.number for lab in numbering.labels), default=0)
+    if top > fmt.MAX_RG:
+        raise DatasetFormatError(f"label number {top:,} is above {fmt.MAX_RG:,}, the most R + 256 * G can hold",
+                                 path=root / fmt.LABEL_FILE)
     _write_csv(
         root / fmt.INDEX_FILE,
         [*fmt.INDEX_FIXED_COLUMNS, *categories],

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, Optional
@@ -14,24 +16,50 @@ import typer
 from concepts.errors import ConceptsError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it unwinds (and cleans up) exactly like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # A second SIGTERM must not interrupt the clean-up the first one started (SIGKILL still works).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a command so known errors become one line and an exit code (traceback only with --debug)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # Handlers can only be set from the main thread; a test runner may call from another one.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return fn(*args, **kwargs)
-        except ConceptsError as err:
-            if _state["debug"]:
-                traceback.print_exc()
-            hint = "" if _state["debug"] or err.exit_code == 2 else " (--debug shows the traceback)"
-            typer.echo(f"error: {err}{hint}", err=True)
-            raise typer.Exit(err.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+            return _call(fn, args, kwargs)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _call(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """Run a command, mapping errors to one line, SIGINT to exit 130 and SIGTERM to exit 143."""
+    try:
+        return fn(*args, **kwargs)
+    except ConceptsError as err:
+        if _state["debug"]:
+            traceback.print_exc()
+        hint = "" if _state["debug"] or err.exit_code == 2 else " (--debug shows the traceback)"
+        typer.echo(f"error: {err}{hint}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    except Terminated:
+        typer.echo("terminated", err=True)
+        raise typer.Exit(143) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,17 +35,29 @@ def agreement(
 
     from concepts.agreement import compare
     from concepts.cli.build import ARCHIVE_SUFFIXES
+    from concepts.errors import ConceptsError
 
+    extracted: dict[Path, Path] = {}  # temporary folder -> the archive the user named
     with contextlib.ExitStack() as stack:
         opened = []
         for path in (export_a, export_b):
             if path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES):
                 from concepts.archive import extract_archive
 
-                path = extract_archive(path, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="concepts-agree-"))))
-            cls = builders.get(format) if format else builders.detect(path)
-            opened.append(cls(path, {"concepts": concepts_file}))
-        report = compare(opened[0], opened[1], categories=category)
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="concepts-agree-")))
+                extracted[scratch] = path
+                path = extract_archive(path, scratch)
+            try:
+                cls = builders.get(format) if format else builders.detect(path)
+                opened.append(cls(path, {"concepts": concepts_file}))
+            except ConceptsError as e:
+                raise _renamed(e, extracted) from None
+        try:
+            report = compare(opened[0], opened[1], categories=category)
+        except ConceptsError as e:
+            raise _renamed(e, extracted) from None
+        for u in report.unreadable_a + report.unreadable_b:
+            u.where = _shown(u.where, extracted)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -61,8 +74,38 @@ def agreement(
         typer.echo(f"only in A: {key}")
     for key in report.only_b:
         typer.echo(f"only in B: {key}")
+    for side, items in (("A", report.unreadable_a), ("B", report.unreadable_b)):
+        for u in items:
+            typer.echo(f"unreadable in {side}, left out: {u}")
+    skipped = ""
+    if report.unreadable_a or report.unreadable_b:
+        skipped = f" ({len(report.unreadable_a)} unreadable item(s) in A and {len(report.unreadable_b)} in B left out)"
     typer.echo(
-        f"overall: {len(report.images)} images, pixel IoU {report.mean_iou:.3f}, naming agreement "
+        f"overall: {len(report.images)} images{skipped}, pixel IoU {report.mean_iou:.3f}, naming agreement "
         f"{report.naming_agreement:.3f} ({report.name_disagreement} of {report.both_labelled} pixels named differently), "
         f"mean segment-count difference {report.mean_segment_difference:.2f} per image"
     )
+
+
+def _shown(where: str, extracted: dict[Path, Path]) -> str:
+    """A path inside a temporary extraction folder as the user knows it: ARCHIVE/member (the folder is gone after)."""
+    for scratch, archive in extracted.items():
+        for base in (str(scratch), os.path.realpath(scratch)):
+            if where == base or where.startswith(base + os.sep):
+                return f"{archive}/{where[len(base) + 1:]}" if where != base else str(archive)
+    return where
+
+
+def _renamed(err: Exception, extracted: dict[Path, Path]) -> Exception:
+    """The same error, its path (and any mention in its text) naming the archive instead of the temporary folder."""
+    from concepts.errors import ConceptsError
+
+    if not isinstance(err, ConceptsError) or not extracted:
+        return err
+    if err.path is not None:
+        err.path = Path(_shown(str(err.path), extracted))
+    for scratch, archive in extracted.items():
+        for base in {str(scratch), os.path.realpath(scratch)}:
+            err.message = err.message.replace(base, str(archive))
+    err.args = (err.format(),)
+    return err

@@ -55,7 +55,7 @@ def build(
     ascii_names: Annotated[bool, typer.Option("--ascii-names", help="Transliterate label names to ASCII.")] = False,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes (default: all cores).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on the first unreadable item instead of skipping it.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous output of the same kind that concepts wrote (never any other folder or file).")] = False,
     jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of the written images.")] = 90,
     concepts_file: Annotated[Optional[Path], typer.Option("--concepts", help="Concept mapping (YAML or TOML) for custom exports.")] = None,
     print_concepts: Annotated[bool, typer.Option("--print-concepts", help="Print a starter concept mapping of what the sources contain, then stop.")] = False,
@@ -93,6 +93,12 @@ def build(
         overwrite=overwrite,
         jpeg_quality=jpeg_quality,
     )
+    if output is not None and not print_concepts:
+        from concepts.staging import guard_target
+
+        # Before any archive is extracted: the target must not be, hold or lie in an input.
+        inputs = [_parse_from(spec)[1] for spec in sources] + ([concepts_file] if concepts_file else [])
+        guard_target(output, kind="dataset", overwrite=overwrite, inputs=inputs)
     with contextlib.ExitStack() as stack:
         opened = []
         for spec in sources:

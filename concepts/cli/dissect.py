@@ -80,8 +80,10 @@ def dissect(
         typer.echo(f"{name}: {summary['detectors']} of {summary['units']} units are detectors, {summary['unique_concepts']} unique concepts ({per_cat})")
     typer.echo(f"results in {out}")
     if report:
-        from concepts.dissect.report import write_report
+        from concepts.dissect.plots import load_run
+        from concepts.dissect.report import render_reports
 
-        written = write_report(Path(out), Path(out) / "report", device=device)
-        pages = [p for p in written if p.suffix == ".html"]
+        # The model and the trust in its weights are what the user typed on this very command line.
+        inputs = [Path(p) for p in (dataset, weights) if p is not None and not str(p).startswith("hf://")]
+        pages = render_reports([load_run(out)], Path(out) / "report", overwrite=True, inputs=inputs, device=device, trust_model_code=True, trust_pickle=trust_pickle)
         typer.echo(f"report in {Path(out) / 'report'} ({len(pages)} page(s))")

@@ -33,7 +33,7 @@ def publish(
     shard_size: Annotated[str, typer.Option(help="Largest Parquet shard, e.g. 500MB, 64MiB.")] = "500MB",
     license_: Annotated[str, typer.Option("--license", help="License id for the card (e.g. mit, cc-by-4.0).")] = "other",
     name: Annotated[Optional[str], typer.Option(help="Pretty name for the card (default: the output folder name).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous output of the same kind that concepts wrote (never any other folder or file).")] = False,
 ) -> None:
     """Publish a concept dataset as a Hugging Face dataset (Parquet shards, tables, card)."""
     from concepts.errors import UsageError
@@ -71,7 +71,7 @@ def _size(n: int) -> str:
 def pull(
     source: Annotated[str, typer.Argument(help="hf://OWNER/NAME[@REVISION] or a published dataset folder.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the Broden-format dataset to.")],
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous output of the same kind that concepts wrote (never any other folder or file).")] = False,
 ) -> None:
     """Restore the Broden-format folder of a published dataset, byte for byte."""
     from concepts.hub import pull as run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,10 +19,6 @@ EPILOG = """Examples:
 """
 
 
-def _mine(run, layers: list[str] | None) -> list[str] | None:
-    return [lay for lay in layers if lay in run.layers] if layers else None
-
-
 @app.command(epilog=EPILOG)
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run folders written by concepts dissect.")],
@@ -31,11 +28,18 @@ def report(
     images: Annotated[bool, typer.Option("--images/--no-images", help="Draw each unit's top images with its mask (reruns the model on those images).")] = True,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda, for redrawing the masks.")] = "cpu",
     top: Annotated[int, typer.Option("--top", help="Concepts shown in the detectors-per-concept charts.")] = 20,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier report at OUT (never any other folder).")] = False,
+    trust_model_code: Annotated[bool, typer.Option("--trust-model-code", help="Import the package.module:factory that run.json names, to redraw the masks (runs its code: trusted runs only).")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow the run's weights to be a whole pickled model (runs code from the file: trusted files only).")] = False,
 ) -> None:
-    """Write one offline HTML report per run and layer, with PNG and SVG figures and CSV tables."""
+    """Write one offline HTML report per run and layer, with PNG and SVG figures and CSV tables.
+
+    A run folder is data: its run.json never gives consent to run code. Redrawing masks for a run
+    whose model is a package.module:factory needs --trust-model-code, and a pickled model
+    --trust-pickle, on this command line.
+    """
     from concepts.dissect.plots import load_runs
-    from concepts.dissect.report import render_index, write_comparison, write_report
-    from concepts.dissect.results import atomic_write, safe_name
+    from concepts.dissect.report import render_reports
 
     if top < 1:
         raise UsageError("--top must be positive")
@@ -45,21 +49,17 @@ def report(
         for r in loaded:
             if not any(lay in r.layers for lay in layer):
                 raise UsageError(f"none of the layers {', '.join(layer)} has results in this run; it has {', '.join(r.layers)}", path=r.path)
-    pages = []
-    if len(loaded) == 1:
-        written = write_report(loaded[0].path, out, layers=_mine(loaded[0], layer), dataset=dataset, images=images, device=device, top_concepts=top, run=loaded[0])
-        pages = [p for p in written if p.suffix == ".html"]
-    else:
-        links = []
-        for r in loaded:
-            sub = safe_name(r.name.replace("/", "_"))
-            written = write_report(r.path, out / sub, layers=_mine(r, layer), dataset=dataset, images=images, device=device, top_concepts=top, run=r)
-            pages += [p for p in written if p.suffix == ".html" and p.name != "index.html"]
-            links.append((r.name, f"{sub}/index.html"))
-        write_comparison(loaded, out, layer)
-        index = out / "index.html"
-        figures = [("Detectors per category", "plots/compare_categories.png"), ("Detectors across layers", "plots/compare_layers.png")]
-        atomic_write(index, render_index("Dissection reports: " + ", ".join(r.name for r in loaded), links, figures))
-        pages.append(index)
+    target = Path(os.path.abspath(out))
+    # A run's own report/ sub-folder (where dissect --report writes) is allowed; anything else in a run is an input.
+    inputs = [r.path for r in loaded if target != Path(os.path.abspath(r.path)) / "report"]
+    if dataset is not None:
+        inputs.append(dataset)
+    elif images:
+        recorded = [r.record.get("args", {}).get("dataset") for r in loaded]
+        inputs += [Path(d) for d in recorded if d and not d.startswith("hf://") and Path(d).is_dir()]
+    pages = render_reports(
+        loaded, out, overwrite=overwrite, inputs=inputs, layers=layer, dataset=dataset, images=images, device=device,
+        top_concepts=top, trust_model_code=trust_model_code, trust_pickle=trust_pickle,
+    )
     for page in pages:
         typer.echo(str(page))

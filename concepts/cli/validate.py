@@ -32,8 +32,12 @@ def validate(
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors (exit 1).")] = False,
 ) -> None:
     """Check every file of a concept dataset; report every problem, then the concept set's weak spots."""
+    from concepts.errors import UsageError
     from concepts.validate import format_report
     from concepts.validate import validate as run
+
+    if max_per_rule < 0:
+        raise UsageError(f"--max-per-rule {max_per_rule}: expected 0 or more findings per rule")
 
     report = run(dataset, min_images=min_images, min_area=min_area, workers=workers)
     if as_json:
