@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from concepts.builders._raster import inside_input
 from concepts.builders.base import Builder
 from concepts.archive import export_folder
-from concepts.errors import SourceItemError, UsageError
 from concepts.mapping import Inventory, LabelIds, load_mapping
 
 
@@ -45,17 +44,7 @@ class ExportBuilder(Builder):
 def contained(root: Path, path: Path, *, where: Path, element: str) -> Path:
     """``path`` when it (symlinks resolved) stays inside the export ``root``; else a SourceItemError.
 
-    The error names the annotation file ``where`` and the ``element`` that named the path, and
-    is counted as ``path outside the export`` (skipped, or fatal under ``--strict``).
+    The error names the annotation file ``where`` and the ``element`` that named the path
+    (:func:`concepts.builders._raster.inside_input`).
     """
-    text = str(path)
-    if "\0" in text:
-        raise SourceItemError(f"{element}: path {text[:200]!r} holds a NUL byte", path=where, reason="bad path")
-    try:
-        real, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
-    except (OSError, ValueError) as e:
-        raise SourceItemError(f"{element}: cannot resolve {text[:200]!r}: {e}", path=where, reason="bad path") from None
-    if not real.is_relative_to(base):
-        raise SourceItemError(f"{element}: names {text[:200]!r}, outside the export {str(root)[:200]!r}; not read",
-                              path=where, reason="path outside the export")
-    return path
+    return inside_input(root, path, what=element, where=where)

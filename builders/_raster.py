@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from concepts.broden.reader import is_inside
 from concepts.errors import SourceItemError
 from concepts.labelcount import present_ids
 from concepts.limits import check_pixels
@@ -86,19 +86,18 @@ def candidate_dirs(path: Path, preferred: str) -> list[Path]:
     return out
 
 
-def inside_input(root: Path, path: Path, *, what: str = "file", item: str | None = None) -> Path:
-    """``path`` if it (symlinks resolved) lies inside the input ``root``; else a SourceItemError to skip it."""
+def inside_input(root: Path, path: Path, *, what: str = "file", item: str | None = None, where: Path | None = None) -> Path:
+    """``path`` if it (symlinks resolved) lies inside the input ``root``; else a SourceItemError to skip it.
+
+    The error names ``where`` (the annotation file that named the path; default the input root)
+    and is counted as ``path outside the input`` (skipped, or fatal under ``--strict``).
+    """
     text = str(path)
     if "\0" in text:
-        raise SourceItemError(f"{what} path {text[:80]!r} holds a NUL byte", path=root, item=item, reason="bad path")
-    try:
-        real = Path(os.path.realpath(path))
-        base = Path(os.path.realpath(root))
-    except (OSError, ValueError) as e:
-        raise SourceItemError(f"cannot resolve the {what} path: {e}", path=root, item=item, reason="bad path") from None
-    if real != base and base not in real.parents:
-        raise SourceItemError(f"{what} {text[:200]!r} lies outside the input; not read",
-                              path=root, item=item, reason="path outside the input")
+        raise SourceItemError(f"{what}: path {text[:200]!r} holds a NUL byte", path=where or root, item=item, reason="bad path")
+    if not is_inside(Path(root), Path(path)):
+        raise SourceItemError(f"{what}: {text[:200]!r} lies outside the input {str(root)[:200]!r}; not read",
+                              path=where or root, item=item, reason="path outside the input")
     return path
 
 

@@ -13,7 +13,7 @@ shapes are skipped; tags become image-level labels. Labels, attributes and tags 
 concept mapping (:mod:`concepts.mapping`). The XML is streamed once, when items are listed.
 
 Untrusted input: an image ``name`` that leads out of the export (absolute, ``..``, a symlink) is
-never read; the image is skipped as ``path outside the export`` (an error with ``--strict``).
+never read; the image is skipped as ``path outside the input`` (an error with ``--strict``).
 Declared sizes go through the pixel limit (:mod:`concepts.limits`). When the image file's size
 differs from the annotated one, the shapes are painted at their coordinates on the real image
 and a warning names both sizes (see :meth:`CvatBuilder._canvas`).
@@ -264,7 +264,7 @@ class CvatBuilder(ExportBuilder):
     # -- contract ------------------------------------------------------------------------------
 
     def _find_image(self, image: _Image, xml: Path) -> Path | None:
-        """The image file the export names, looked up where CVAT puts it; never outside the export.
+        """The image file the export names, looked up where CVAT puts it; never outside the input.
 
         ``name`` may be absolute or climb with ``..``: every candidate is resolved (symlinks
         included) and one that leaves the export is refused, whether it exists or not, so the

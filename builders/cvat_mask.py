@@ -11,7 +11,7 @@ CVAT has already flattened overlapping shapes, so each image has one ``object`` 
 category the concept mapping gives each label). Images listed without a mask keep only colour;
 colours missing from labelmap.txt are unlabeled and counted as skipped. A listed name that leads
 out of the export (absolute, ``..``, a symlink) is never read: the image is skipped as ``path
-outside the export``; labelmap.txt and the lists must be UTF-8 files inside the export.
+outside the input``; labelmap.txt and the lists must be UTF-8 files inside the export.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class CvatMaskBuilder(Builder):
     def __init__(self, root: str | Path, options: dict | None = None) -> None:
         super().__init__(root, options)
         self.folder = export_folder(self.root)
-        mapping = load_mapping(self.options.get("concepts"))
+        self.mapping = mapping = load_mapping(self.options.get("concepts"))
         labelmap = self.folder / "labelmap.txt"
         if not labelmap.exists():
             raise SourceError("labelmap.txt is missing", path=self.folder, hint="export with CVAT 'Segmentation mask 1.1'")

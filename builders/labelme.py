@@ -13,7 +13,7 @@ document order (later over earlier); ``<deleted>1`` objects are skipped; an obje
 ``attributes`` section of the concept mapping. Masks: a pixel is foreground when its alpha is at
 least :data:`ALPHA_THRESHOLD` (the antialiased core is about 153), or, without alpha, any
 channel is non-zero. A ``<filename>`` or ``<segm><mask>`` that leads out of the collection (absolute,
-``..``, a symlink) is never read: the image is skipped as ``path outside the export``.
+``..``, a symlink) is never read: the image is skipped as ``path outside the input``.
 """
 
 from __future__ import annotations

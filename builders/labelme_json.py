@@ -6,8 +6,8 @@ no area and are counted as skipped; ``_background_`` and ``__ignore__`` are not 
 ``flags`` that are true become tags (``scene`` by default, see the concept mapping). The image is
 ``imagePath`` relative to the JSON (backslashes allowed), else the embedded ``imageData``; an image
 read from disk gets its EXIF orientation applied, as labelme does, since the points refer to it.
-An ``imagePath`` that leads outside the export (``../``, absolute, a symlink) is not read: the
-embedded ``imageData`` is used if there is one, else the file is skipped ("path outside the export").
+An ``imagePath`` that leads outside the input (``../``, absolute, a symlink) is not read: the
+embedded ``imageData`` is used if there is one, else the file is skipped ("path outside the input").
 Declared and decoded sizes pass the one pixel limit; a file whose JSON has the wrong shape or types
 is skipped with one line naming it.
 """

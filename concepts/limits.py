@@ -26,12 +26,7 @@ HINT = f"raise the limit with --max-pixels N or {ENV}=N if the file is trusted"
 
 def max_pixels() -> int:
     """The pixel limit in force: ``CONCEPTS_MAX_PIXELS`` if set, else Pillow's default."""
-    raw = os.environ.get(ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    if not raw.isascii() or not raw.isdigit() or int(raw) <= 0:
-        raise UsageError(f"{ENV}={raw!r}: expected a positive whole number of pixels")
-    return int(raw)
+    return _env_limit(ENV, DEFAULT_MAX_PIXELS)
 
 
 def set_max_pixels(limit: int | None) -> None:
@@ -99,10 +94,6 @@ def _err(error: type[Exception], message: str, path: str | Path | None, item: st
         return error(message)
 
 
-try:
-    apply_to_pillow()
-except UsageError:  # a malformed CONCEPTS_MAX_PIXELS is reported by the command that reads it
-    Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 
 
 # --- Archives (concepts.archive) ------------------------------------------------------------------
@@ -150,3 +141,9 @@ def archive_budget(archive_size: int) -> tuple[int, str]:
         return by_ratio, (f"an archive may expand to {max_archive_ratio()} times its size, or to "
                           f"{ARCHIVE_RATIO_FLOOR:,} bytes when smaller; raise {ARCHIVE_RATIO_ENV} if the archive is trusted")
     return total, f"raise {ARCHIVE_BYTES_ENV} if the archive is trusted"
+
+
+try:
+    apply_to_pillow()
+except UsageError:  # a malformed CONCEPTS_MAX_PIXELS is reported by the command that reads it
+    Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS

@@ -20,6 +20,22 @@ def _no_progress():
     progress.set_enabled(None)
 
 
+@pytest.fixture(autouse=True)
+def _default_limits():
+    # `concepts --max-pixels N` sets the limit for its whole process (workers inherit it through the
+    # environment); in-process CLI runs must not hand it on to the next test.
+    from concepts import limits
+
+    saved = {k: os.environ.get(k) for k in (limits.ENV, limits.ARCHIVE_BYTES_ENV, limits.ARCHIVE_RATIO_ENV)}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    limits.apply_to_pillow()
+
+
 # Property-based fuzzing: a bounded number of examples in the normal run, more on demand
 # (CONCEPTS_FUZZ_EXAMPLES=5000 pytest tests -k fuzz); a failure prints the minimal input.
 try:

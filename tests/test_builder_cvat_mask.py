@@ -110,3 +110,14 @@ def test_missing_labelmap_and_bad_line(export: Path) -> None:
     (export / "labelmap.txt").unlink()
     with pytest.raises(SourceError, match="labelmap.txt is missing"):
         CvatMaskBuilder(export)
+
+
+def test_mapping_category_color_clashes_with_the_computed_colour(export: Path, tmp_path: Path) -> None:
+    from hostile import assert_one_error, invoke
+
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text("version: 1\nlabels:\n  cat: {category: color, name: cat}\n")
+    out = invoke(["build", "--from", f"cvat-mask={export}", "--concepts", mapping, "-o", tmp_path / "out", "--workers", "1"])
+    assert_one_error(out, "m.yaml", "color", code=2)
+    ok = invoke(["build", "--from", f"cvat-mask={export}", "--concepts", mapping, "-o", tmp_path / "out", "--workers", "1", "--no-color"])
+    assert ok.code == 0, ok.stderr

@@ -84,7 +84,7 @@ def test_coco_file_name_outside_the_export_is_skipped(tmp_path: Path, name: str)
     if name == "link.jpg":
         os.symlink(secret, root / "images" / "link.jpg")
     _coco(root, [good, {"id": 2, "width": W, "height": H, "file_name": name}])
-    _skipped(tmp_path, f"coco={root}", "path outside the export", "images[1].file_name", "outside the export")
+    _skipped(tmp_path, f"coco={root}", "path outside the input", "images[1].file_name", "outside the input")
 
 
 def test_coco_file_name_with_nul_is_skipped(tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_labelme_image_path_outside_the_export_is_not_read(tmp_path: Path) -> No
     shape = {"label": "dog", "points": [[0, 0], [4, 4]], "shape_type": "rectangle"}
     write_labelme_json(root / "good.json", "good.jpg", [shape], size=(H, W))
     write_labelme_json(root / "bad.json", os.path.relpath(secret, root), [shape], size=(H, W))
-    _skipped(tmp_path, f"labelme-json={root}", "path outside the export", "bad.json", "imagePath", "outside the export")
+    _skipped(tmp_path, f"labelme-json={root}", "path outside the input", "bad.json", "imagePath", "outside the input")
 
 
 def test_labelme_image_path_outside_falls_back_to_embedded_image(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Each case builds through the CLI as a user would and checks the harness promises: the exit code,
 one ``error:`` line naming the file (or a counted skip), no traceback, inputs unchanged, nothing
-from outside the export in the output, no staging leftovers. Expected pixels come from planted
+from outside the input in the output, no staging leftovers. Expected pixels come from planted
 shapes whose answer is known by construction.
 """
 
@@ -51,7 +51,7 @@ def _cvat(root: Path, bad: dict) -> Path:
     return root
 
 
-# --- §3 nothing is read from outside the export ----------------------------------------------------
+# --- §3 nothing is read from outside the input ----------------------------------------------------
 
 
 @pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink"])
@@ -65,10 +65,10 @@ def test_cvat_image_outside_the_export(tmp_path: Path, how: str) -> None:
         os.symlink(secret, root / "images" / "link.jpg")
     result, out = build(tmp_path, root)
     assert result.code == 0, result.stderr
-    assert "skipped 1 image(s): path outside the export" in result.stdout
+    assert "skipped 1 image(s): path outside the input" in result.stdout
     assert len((out / "index.csv").read_text().splitlines()) == 2  # header and good.jpg
     result, out = build(tmp_path, root, "--strict", "--overwrite")
-    line = assert_one_error(result, "annotations.xml", "<image name=", "outside the export")
+    line = assert_one_error(result, "annotations.xml", "<image name=", "outside the input")
     assert "drop --strict" in line
 
 
@@ -92,10 +92,10 @@ def test_labelme_paths_outside_the_export(tmp_path: Path, how: str) -> None:
         os.symlink(secret, root / "Images" / "f" / "bad.jpg")
     result, out = build(tmp_path, root)
     assert result.code == 0, result.stderr
-    assert "skipped 1 image(s): path outside the export" in result.stdout
+    assert "skipped 1 image(s): path outside the input" in result.stdout
     result, _ = build(tmp_path, root, "--strict", "--overwrite")
     element = "<segm><mask>" if how == "mask" else "<filename>"
-    assert_one_error(result, "bad.xml", element, "outside the export")
+    assert_one_error(result, "bad.xml", element, "outside the input")
 
 
 def _cvat_mask(root: Path, listed: list[str]) -> Path:
@@ -119,9 +119,9 @@ def test_cvat_mask_names_outside_the_export(tmp_path: Path, how: str) -> None:
         os.symlink(secret, root / "JPEGImages" / "linked.jpg")
     result, out = build(tmp_path, root)
     assert result.code == 0, result.stderr
-    assert "skipped 1 image(s): path outside the export" in result.stdout
+    assert "skipped 1 image(s): path outside the input" in result.stdout
     result, _ = build(tmp_path, root, "--strict", "--overwrite")
-    assert_one_error(result, "default.txt", "outside the export")
+    assert_one_error(result, "default.txt", "outside the input")
 
 
 def test_annotation_files_linked_from_outside(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def test_annotation_files_linked_from_outside(tmp_path: Path) -> None:
     save_image(root / "images" / "good.jpg", rgb(8, 8))
     os.symlink(outside / "annotations.xml", root / "annotations.xml")
     result, out = build(tmp_path, root)
-    assert_one_error(result, "annotations.xml", "outside the export")
+    assert_one_error(result, "annotations.xml", "outside the input")
     assert not out.exists()
     (outside / "labelmap.txt").write_text("background:0,0,0::\nsky:51,221,255::\n")
     mask = tmp_path / "export2"
@@ -139,7 +139,7 @@ def test_annotation_files_linked_from_outside(tmp_path: Path) -> None:
     (mask / "labelmap.txt").unlink()
     os.symlink(outside / "labelmap.txt", mask / "labelmap.txt")
     result, _ = build(tmp_path, mask)
-    assert_one_error(result, "labelmap.txt", "outside the export")
+    assert_one_error(result, "labelmap.txt", "outside the input")
 
 
 # --- §5 resources are bounded -----------------------------------------------------------------------
