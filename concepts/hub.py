@@ -6,6 +6,7 @@
   :class:`~concepts.broden.reader.ConceptDataset` (its tables are the shipped ``tables/*.csv``,
   its pixels come from the Parquet rows).
 * :func:`open_any` opens whichever of the three a spec names.
+* :func:`decode` turns a row loaded with ``datasets`` into integer label arrays.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from concepts.broden import format as fmt
 from concepts.broden.reader import ConceptDataset, Sample, decode_label_png
 from concepts.errors import DatasetFormatError, UnsafeInputError, UsageError
 from concepts.progress import progress
-from concepts.publish import CARD_FILE, DATA_DIR, TABLES_DIR, HubError, safe_relpath
+from concepts.limits import check_pixels
+from concepts.publish import CARD_FILE, DATA_DIR, FIXED_COLUMNS, PREVIEW_COLUMN, TABLES_DIR, HubError, safe_relpath
 from concepts.staging import guard_target, staged_output
 
 log = logging.getLogger(__name__)
@@ -231,6 +233,45 @@ class HubDataset(ConceptDataset):
         return decode_label_png(io.BytesIO(self.png_bytes(relpath)), path=self.folder, item=relpath)
 
 
+def _layer(cell: Any, column: str) -> np.ndarray:
+    """One label image of a row (a PIL image, or ``{"bytes", "path"}`` when not decoded) as numbers."""
+    if isinstance(cell, dict):
+        data = cell.get("bytes")
+        if not isinstance(data, bytes):
+            raise DatasetFormatError("a label image has no bytes", item=f"{column}: {cell.get('path')}")
+        return decode_label_png(io.BytesIO(data), item=f"{column}: {cell.get('path')}")
+    if isinstance(cell, Image.Image):
+        check_pixels(cell.width, cell.height, what="label image", item=column, error=DatasetFormatError)
+        if cell.mode != "RGB":
+            raise DatasetFormatError(f"label image must be 8-bit RGB, got mode {cell.mode}", item=column)
+        return fmt.decode_rg_image(cell)
+    raise DatasetFormatError(f"not a label image ({type(cell).__name__})", item=column)
+
+
+def decode(sample: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per category of a published row (as ``datasets`` loads it), its label numbers as ``int32`` arrays.
+
+    A pixel-level category gives ``layers x sh x sw`` (label number = R + 256 * G of each label image,
+    dominant layer first); an image-level one (and ``<category>_numbers``) gives its numbers, one
+    per label. A category with nothing in this row gives an empty array. Rows loaded with
+    ``Image(decode=False)`` (``{"bytes", "path"}`` cells) decode the same.
+    """
+    out: dict[str, np.ndarray] = {}
+    for column, value in sample.items():
+        if column in FIXED_COLUMNS or column == PREVIEW_COLUMN or not isinstance(value, list):
+            continue
+        if not value:
+            out[column] = np.zeros(0, np.int32)
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            out[column] = np.asarray(value, dtype=np.int32)
+        else:
+            layers = [_layer(v, column) for v in value]
+            if len({layer.shape for layer in layers}) > 1:
+                raise DatasetFormatError("label images of one category differ in size", item=column)
+            out[column] = np.stack(layers).astype(np.int32, copy=False)
+    return out
+
+
 def open_hf(spec: str | Path, **kwargs: Any) -> HubDataset:
     """Open a published folder or ``hf://REPO_ID`` in place, with the ConceptDataset reading API."""
     return HubDataset(_resolve(spec, **kwargs), spec=str(spec))
@@ -318,4 +359,4 @@ def _check_complete(root: Path) -> None:
                                          path=fmt.INDEX_FILE, row=sample.index + 2, item=rel)
 
 
-__all__ = ["HubDataset", "download", "is_hf_folder", "open_any", "open_hf", "parse_hf_spec", "pull"]
+__all__ = ["HubDataset", "decode", "download", "is_hf_folder", "open_any", "open_hf", "parse_hf_spec", "pull"]

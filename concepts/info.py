@@ -70,23 +70,3 @@ def summarize(ds: ConceptDataset, top: int = 10, name: str | Path | None = None)
         most_frequent=[row(lb) for lb in ranked[:top]],
         least_frequent=[row(lb) for lb in least],
     )
-
-
-def format_summary(summary: DatasetSummary) -> str:
-    """The summary as aligned plain-text tables."""
-    lines = [f"{summary.dataset}: {summary.images} images, {summary.labels} labels, {len(summary.categories)} categories"]
-    lines.append("splits:   " + ", ".join(f"{k} {v}" for k, v in summary.splits.items()))
-    lines.append("images:   " + ", ".join(f"{k} ({v})" for k, v in list(summary.image_sizes.items())[:4]))
-    lines.append("labels:   " + ", ".join(f"{k} ({v})" for k, v in list(summary.segmentation_sizes.items())[:4]))
-    lines.append("")
-    lines.append(f"{'category':<14}{'labels':>7}{'images':>8}{'frequency':>11}  kind")
-    for c in summary.categories:
-        lines.append(f"{c.name:<14}{c.labels:>7}{c.images:>8}{c.frequency:>11}  {c.kind}")
-    for title, rows in (("most frequent", summary.most_frequent), ("least frequent", summary.least_frequent)):
-        if not rows:
-            continue
-        lines.append("")
-        lines.append(f"{title + ' concepts':<28}{'category':<12}{'images':>8}{'coverage':>10}")
-        for r in rows:
-            lines.append(f"{r['number']:>5} {r['name'][:21]:<22}{r['category']:<12}{r['frequency']:>8}{r['coverage']:>10.3f}")
-    return "\n".join(lines)

@@ -19,10 +19,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from concepts.broden.format import MAX_RG, check_category_name, check_label_name, shown
-from concepts.errors import SourceError, UsageError
+from concepts.errors import SourceError, UnsafeInputError, UsageError
 from concepts.vocabulary import normalize_name, scene_name
 
 DEFAULT_SHAPE = "object"
@@ -30,8 +33,6 @@ DEFAULT_PART = "part"
 DEFAULT_TAG = "scene"
 _CATEGORY_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _FALSE = {"", "false", "0", "no", "off"}
-_TOP_KEYS = {"version", "unmapped", "labels", "attributes", "tags"}
-_ENTRY_KEYS = {"category", "name", "synonyms", "drop"}
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ def _line(path: Path, where: str) -> str | None:
     lines = text.splitlines()
     at = 0
     for key in where.split("."):
+        key = re.sub(r"\[\d+\]$", "", key)  # synonyms[2]: the list's key
         pattern = re.compile(r"(?<![\w-])" + re.escape(key) + r"(?![\w-])")
         found = next((i for i in range(at, len(lines)) if pattern.search(lines[i])), None)
         if found is None:
@@ -192,36 +194,189 @@ def _name(path: Path, where: str, value: str) -> str:
         return check_label_name(value, path=path, item=locate(path, where), error=UsageError)
 
 
-def _parse_entry(path: Path, where: str, value: Any, mapping: ConceptMapping, *, allow_category: bool = True) -> _Entry:
-    if value is None or value is False or value == "drop":
+# The file's schema. pydantic checks the shapes and types (strict: no 1 for "1", no unknown keys);
+# the names themselves are checked afterwards by concepts.broden.format, as every name entering a
+# dataset is, so a bad name is a UsageError (exit 2) like everywhere else.
+
+
+def _dropped(value: Any) -> bool:
+    return value is None or value is False or (isinstance(value, str) and value == "drop")
+
+
+def _key(value: Any) -> Any:
+    # YAML reads unquoted keys such as `1:` or `yes:` as numbers and booleans; labels are text.
+    return value if isinstance(value, (str, dict, list)) else str(value)
+
+
+def _empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+_Key = Annotated[str, BeforeValidator(_key)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class _EntrySpec(_Strict):
+    """A label (or attribute value): a table, a plain name, or one of the ways to write drop."""
+
+    category: str | None = None
+    name: str | None = None
+    synonyms: Annotated[list[str], BeforeValidator(_listed)] = []
+    drop: bool = False
+    _plain: bool = PrivateAttr(False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _short_forms(cls, value: Any, handler: Any) -> Any:
+        if _dropped(value):
+            return handler({"drop": True})
+        if isinstance(value, str):
+            entry = handler({"name": value})
+            entry._plain = True  # errors then name the label's own key, where the name is written
+            return entry
+        return handler(value)
+
+
+class _AttributeSpec(_Strict):
+    """An attribute: a category name, drop, or a table with category and values."""
+
+    category: str | None = None
+    values: Annotated[dict[_Key, _EntrySpec], BeforeValidator(_empty)] = {}
+    _drop: bool = PrivateAttr(False)
+    _plain: bool = PrivateAttr(False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _short_forms(cls, value: Any, handler: Any) -> Any:
+        if _dropped(value):
+            spec = handler({})
+            spec._drop = True
+            return spec
+        if isinstance(value, str):
+            spec = handler({"category": value})
+            spec._plain = True
+            return spec
+        return handler(value)
+
+
+class _TagsSpec(_Strict):
+    category: str | None = None
+
+
+class _MappingFile(_Strict):
+    """The whole file (version 1)."""
+
+    version: int = 1
+    unmapped: Literal["keep", "drop"] = "keep"
+    labels: Annotated[dict[_Key, _EntrySpec], BeforeValidator(_empty)] = {}
+    attributes: Annotated[dict[_Key, _AttributeSpec], BeforeValidator(_empty)] = {}
+    tags: Annotated[_TagsSpec, BeforeValidator(_empty)] = _TagsSpec()
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: int) -> int:
+        if value != 1:
+            raise PydanticCustomError("version", "{reason}", {"reason": f"unsupported version {shown(value)} (this program reads version 1)"})
+        return value
+
+
+#: What a table at each place may hold, and what it is, for messages.
+_TABLES = {"top level": (_MappingFile, "a table with labels/attributes/tags"), "labels": (None, "a table of label: entry"),
+           "attributes": (None, "a table of attribute: entry"), "tags": (_TagsSpec, "a table with one key, category"),
+           "entry": (_EntrySpec, "a table (category/name/synonyms), 'drop' or a name"),
+           "attribute": (_AttributeSpec, "a category name, 'drop', or a table with category and values"),
+           "values": (None, "a table of value: entry")}
+
+
+def _place(loc: Sequence[Any]) -> str:
+    """Which kind of table the key path ``loc`` names (a key of ``_TABLES``)."""
+    loc = tuple(loc)
+    if not loc:
+        return "top level"
+    if loc[0] == "attributes" and len(loc) >= 3:
+        return "values" if len(loc) == 3 else "entry"
+    if loc[0] in ("labels", "attributes") and len(loc) >= 2:
+        return "entry" if loc[0] == "labels" else "attribute"
+    return str(loc[0])
+
+
+def _schema_error(path: Path, error: ValidationError) -> SourceError:
+    """pydantic's first error as one line: the key path, its line in the file, and what is wrong."""
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    loc = list(first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        unknown = [_shown_key(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden" and list(e["loc"][:-1]) == parent]
+        model = _TABLES[_place(parent)][0]
+        allowed = ", ".join(sorted(model.model_fields)) if model else ""
+        return _fail(path, _where(parent), f"unknown key(s) {', '.join(sorted(unknown))}; allowed: {allowed}")
+    if kind == "version":
+        return _fail(path, _where(loc), first["msg"])
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        message = f"must be {_TABLES.get(_place(loc), (None, 'a table'))[1]}"
+    else:
+        message = _MESSAGES.get(kind) or " ".join(first["msg"].split()).replace("Input should be", "must be")
+    if kind != "missing":
+        message += f", got {shown(first['input'])}"
+    return _fail(path, _where(loc), message)
+
+
+#: pydantic's messages said the way the rest of this file's messages are.
+_MESSAGES = {"string_type": "must be a string", "list_type": "must be a list of strings", "bool_type": "must be true or false",
+             "int_type": "must be an integer"}
+
+
+def _where(loc: Sequence[Any]) -> str:
+    """The dotted key path of a pydantic location; a position in a list is shown as ``[i]``."""
+    text = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and i and loc[i - 1] == "synonyms":
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + _shown_key(part)
+    return text or "top level"
+
+
+def _shown_key(key: Any) -> str:
+    """A key as written, or quoted and cut when it would break the one-line message (a line break, 1 kB)."""
+    text = str(key)
+    return text if text.isprintable() and len(text) <= 60 else shown(text)
+
+
+def _too_many_nodes(data: Any, limit: int) -> bool:
+    """Whether ``data`` holds more than ``limit`` values, counting a shared one at each place it appears."""
+    stack, seen = [data], 1
+    while stack:
+        node = stack.pop()
+        children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node if isinstance(node, list) else ()
+        seen += len(children)
+        if seen > limit:
+            return True
+        stack.extend(children)
+    return False
+
+
+def _parse_entry(path: Path, where: str, spec: _EntrySpec, mapping: ConceptMapping) -> _Entry:
+    if spec.drop:
         return _Entry(drop=True)
-    if isinstance(value, str):
-        return _Entry(names=(_name(path, where, value),))
-    if not isinstance(value, Mapping):
-        raise _fail(path, where, f"expected a table (category/name/synonyms), 'drop' or a name, got {_short(value)}")
-    unknown = set(value) - _ENTRY_KEYS
-    if unknown:
-        raise _fail(path, where, f"unknown key(s) {', '.join(sorted(str(k)[:60] for k in unknown))}; allowed: {', '.join(sorted(_ENTRY_KEYS))}")
-    if value.get("drop"):
-        return _Entry(drop=True)
-    category = _category(path, f"{where}.category", value["category"], mapping) if "category" in value and allow_category else None
-    name = value.get("name")
-    if name is not None and not isinstance(name, str):
-        raise _fail(path, f"{where}.name", f"must be a non-empty string, got {_short(name)}")
-    if name is not None:
-        _name(path, f"{where}.name", name)
-    syns = value.get("synonyms", [])
-    if isinstance(syns, str):
-        syns = [syns]
-    if not isinstance(syns, list) or not all(isinstance(s, str) for s in syns):
-        raise _fail(path, f"{where}.synonyms", f"must be a list of strings, got {_short(syns)}")
-    for syn in syns:
+    if spec._plain:
+        return _Entry(names=(_name(path, where, spec.name),))
+    # An explicit null category is refused by the name check, as any non-text name is.
+    category = _category(path, f"{where}.category", spec.category, mapping) if "category" in spec.model_fields_set else None
+    if spec.name is not None:
+        _name(path, f"{where}.name", spec.name)
+    for syn in spec.synonyms:
         _name(path, f"{where}.synonyms", syn)
-    return _Entry(category=category, names=((name,) if name else ()) + tuple(syns))
-
-
-def _short(value: Any) -> str:
-    return shown(value)
+    return _Entry(category=category, names=((spec.name,) if spec.name else ()) + tuple(spec.synonyms))
 
 
 def _read(path: Path) -> Any:
@@ -234,24 +389,33 @@ def _read(path: Path) -> Any:
     _TEXTS[path] = text
     if path.suffix.lower() == ".toml":
         try:
-            return tomllib.loads(text)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise SourceError(f"not valid TOML: {' '.join(str(e).split())}", path=path) from None
         except RecursionError:
             raise SourceError("not a usable TOML mapping: nested too deeply", path=path) from None
-    import yaml
+        except (ValueError, OverflowError) as e:
+            raise SourceError(f"not valid TOML: {' '.join(str(e).split())}", path=path) from None
+    else:
+        import yaml
 
-    try:
-        # libyaml's safe loader when present: same safe constructors, many times faster on large
-        # starter mappings, and it bounds nesting depth itself.
-        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as e:
-        raise SourceError(f"not valid YAML: {' '.join(str(e).split())}", path=path) from None
-    except RecursionError:
-        raise SourceError("not a usable YAML mapping: nested too deeply", path=path) from None
-    except (ValueError, OverflowError) as e:
-        # PyYAML's constructors raise plain errors on some values (a timestamp out of range).
-        raise SourceError(f"not valid YAML: {' '.join(str(e).split())}", path=path) from None
+        try:
+            # libyaml's safe loader when present: same safe constructors, many times faster on large
+            # starter mappings, and it bounds nesting depth itself.
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError as e:
+            raise SourceError(f"not valid YAML: {' '.join(str(e).split())}", path=path) from None
+        except RecursionError:
+            raise SourceError("not a usable YAML mapping: nested too deeply", path=path) from None
+        except (ValueError, OverflowError) as e:
+            # PyYAML's constructors raise plain errors on some values (a timestamp out of range).
+            raise SourceError(f"not valid YAML: {' '.join(str(e).split())}", path=path) from None
+    # Written out, every value takes at least one character; more values than that means YAML
+    # aliases repeating one another (a billion laughs), which would make checking them endless.
+    if _too_many_nodes(data, 2 * len(text) + 16):
+        raise UnsafeInputError("the mapping's YAML aliases expand to more values than the file has characters; "
+                               "write the entries out", path=path)
+    return data
 
 
 def load_mapping(path: str | Path | None) -> ConceptMapping:
@@ -260,51 +424,29 @@ def load_mapping(path: str | Path | None) -> ConceptMapping:
         return ConceptMapping()
     path = Path(path)
     data = _read(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise _fail(path, "top level", "must be a table with labels/attributes/tags")
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise _fail(path, "top level", f"unknown key(s) {', '.join(sorted(str(k)[:60] for k in unknown))}; allowed: {', '.join(sorted(_TOP_KEYS))}")
-    if data.get("version", 1) != 1:
-        raise _fail(path, "version", f"unsupported version {_short(data.get('version'))} (this program reads version 1)")
-    unmapped = data.get("unmapped", "keep")
-    if unmapped not in ("keep", "drop"):
-        raise _fail(path, "unmapped", f"must be 'keep' or 'drop', got {_short(unmapped)}")
-    mapping = ConceptMapping(keep_unmapped=unmapped == "keep", source=path)
-    labels = data.get("labels") or {}
-    if not isinstance(labels, Mapping):
-        raise _fail(path, "labels", "must be a table of label: entry")
-    for label, value in labels.items():
-        mapping.labels[str(label)] = _parse_entry(path, f"labels.{label}", value, mapping)
-    attributes = data.get("attributes") or {}
-    if not isinstance(attributes, Mapping):
-        raise _fail(path, "attributes", "must be a table of attribute: entry")
-    for name, value in attributes.items():
-        where = f"attributes.{name}"
-        if value is None or value is False or value == "drop":
-            mapping.attributes[str(name)] = _Attribute(drop=True)
+    try:
+        spec = _MappingFile.model_validate({} if data is None else data)
+    except ValidationError as e:
+        raise _schema_error(path, e) from None
+    mapping = ConceptMapping(keep_unmapped=spec.unmapped == "keep", source=path)
+    for label, entry in spec.labels.items():
+        mapping.labels[label] = _parse_entry(path, f"labels.{_shown_key(label)}", entry, mapping)
+    for name, attribute in spec.attributes.items():
+        where = f"attributes.{_shown_key(name)}"
+        if attribute._drop:
+            mapping.attributes[name] = _Attribute(drop=True)
             continue
-        if isinstance(value, str):
-            mapping.attributes[str(name)] = _Attribute(category=_category(path, where, value, mapping))
-            continue
-        if not isinstance(value, Mapping) or set(value) - {"category", "values"}:
-            raise _fail(path, where, "must be a category name, 'drop', or a table with category and values")
-        # Without a category the attribute's own name is the category: it must be a valid one.
-        attr = _Attribute(category=_category(path, f"{where}.category" if "category" in value else where,
-                                             value["category"] if "category" in value else str(name), mapping))
-        values = value.get("values") or {}
-        if not isinstance(values, Mapping):
-            raise _fail(path, f"{where}.values", "must be a table of value: entry")
-        for v, entry in values.items():
-            attr.values[str(v)] = _parse_entry(path, f"{where}.values.{v}", entry, mapping)
-        mapping.attributes[str(name)] = attr
-    tags = data.get("tags") or {}
-    if not isinstance(tags, Mapping) or set(tags) - {"category"}:
-        raise _fail(path, "tags", "must be a table with one key, category")
-    if "category" in tags:
-        mapping.tag_category = _category(path, "tags.category", tags["category"], mapping)
+        if "category" in attribute.model_fields_set:
+            category = _category(path, where if attribute._plain else f"{where}.category", attribute.category, mapping)
+        else:
+            # Without a category the attribute's own name is the category: it must be a valid one.
+            category = _category(path, where, name, mapping)
+        attr = _Attribute(category=category)
+        for value, entry in attribute.values.items():
+            attr.values[value] = _parse_entry(path, f"{where}.values.{_shown_key(value)}", entry, mapping)
+        mapping.attributes[name] = attr
+    if "category" in spec.tags.model_fields_set:
+        mapping.tag_category = _category(path, "tags.category", spec.tags.category, mapping)
     return mapping
 
 

@@ -8,14 +8,18 @@ The folder ``datasets.load_dataset(folder)`` reads with no custom code::
       tables/index.csv, label.csv, category.csv, c_<category>.csv, README.txt, syns.txt
 
 One Parquet row per ``index.csv`` row: ``path`` (the ``image`` cell), ``image`` (the stored JPEG
-bytes), ``ih, iw, sh, sw``, per pixel-level category a list of label images (the RG-encoded PNG
-bytes; each keeps its Broden path), per image-level category a list of label numbers. Numbers
-that share a cell with PNGs (NetDissect-Lite accepts that) go to ``<category>_numbers``. The
-tables travel byte for byte, so :func:`concepts.hub.pull` restores the folder exactly.
+bytes), ``ih, iw, sh, sw``, ``preview`` (a colourised PNG of the preview category, for the Hub's
+viewer), per pixel-level category a list of label images (the RG-encoded PNG bytes; each keeps its
+Broden path), per image-level category a list of ``ClassLabel`` numbers (names in the features).
+Numbers that share a cell with PNGs (NetDissect-Lite accepts that) go to ``<category>_numbers``.
+Broden's ``val`` split is published as ``validation``. The tables travel byte for byte, so
+:func:`concepts.hub.pull` restores the folder exactly.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import re
@@ -25,11 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from concepts.broden import format as fmt
-from concepts.broden.reader import ConceptDataset, Sample
+from concepts.broden.reader import ConceptDataset, Sample, decode_label_png
 from concepts.errors import ConceptsError, UnsafeInputError, UsageError
 from concepts.progress import progress
 from concepts.publish_card import render_card, table_configs
@@ -40,7 +46,12 @@ log = logging.getLogger(__name__)
 DATA_DIR = "data"
 TABLES_DIR = "tables"
 CARD_FILE = "README.md"
+LICENSE_FILE = "LICENSE.md"
+ID2LABEL_FILE = "id2label.json"
 FIXED_COLUMNS = ("path", "image", "ih", "iw", "sh", "sw")
+PREVIEW_COLUMN = "preview"
+#: Broden split name -> the name the Hub expects; index.csv keeps Broden's, so pull needs no map.
+HUB_SPLITS = {"val": "validation"}
 NUMBERS_SUFFIX = "_numbers"
 #: Rows per Parquet row group: small groups keep memory flat and let readers seek (the Hub
 #: viewer uses the same figure for image datasets).
@@ -67,6 +78,8 @@ class PublishOptions:
     private: bool = False
     overwrite: bool = False
     pretty_name: str | None = None
+    #: category drawn in the ``preview`` column; ``"auto"`` picks one, ``None`` or ``"none"`` drops the column
+    preview: str | None = "auto"
 
 
 @dataclass
@@ -106,7 +119,44 @@ def category_kinds(ds: ConceptDataset) -> dict[str, str]:
     return kinds
 
 
-def build_features(ds: ConceptDataset, kinds: dict[str, str]) -> Any:
+def hub_split(split: str) -> str:
+    """The Hub's name for a Broden split (``val`` -> ``validation``; others unchanged)."""
+    return HUB_SPLITS.get(split, split)
+
+
+def class_names(ds: ConceptDataset) -> list[str]:
+    """Unique label names indexed by number, for ``datasets.ClassLabel`` (unused numbers get ``#N``)."""
+    used = [n for s in ds.samples for c in ds.category_names for n in s.image_labels(c)]
+    size = max([ds.num_labels - 1, 0, *used]) + 1
+    names, seen = [], set()
+    for number in range(size):
+        label = ds.labels.get(number)
+        name = label.name if label and label.name else ("-" if number == 0 else f"#{number}")
+        # ClassLabel refuses duplicates; label.csv does not promise unique names.
+        while name in seen:
+            name = f"{name}#{number}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def preview_category(ds: ConceptDataset, kinds: dict[str, str], choice: str | None) -> str | None:
+    """The pixel-level category the ``preview`` column draws (the one with most labels for ``auto``)."""
+    pixel = [c for c in ds.categories if kinds.get(c.name) in ("pixel", "mixed")]
+    if choice in (None, "none") or not pixel:
+        if choice not in (None, "none", "auto"):
+            raise UsageError(f"--preview {choice!r}: the dataset has no pixel-level category", path=ds.root / fmt.CATEGORY_FILE)
+        return None
+    if choice == "auto":
+        return max(pixel, key=lambda c: c.count).name  # max keeps the first of equals: category.csv order
+    if choice not in {c.name for c in pixel}:
+        names = ", ".join(c.name for c in pixel)
+        raise UsageError(f"--preview {choice!r} is not a pixel-level category (choose one of {names}, or none)",
+                         path=ds.root / fmt.CATEGORY_FILE)
+    return choice
+
+
+def build_features(ds: ConceptDataset, kinds: dict[str, str], preview: str | None = None) -> Any:
     """The ``datasets.Features`` of the main configuration."""
     import datasets
 
@@ -115,6 +165,9 @@ def build_features(ds: ConceptDataset, kinds: dict[str, str]) -> Any:
         "image": datasets.Image(),
         **{k: datasets.Value("int32") for k in ("ih", "iw", "sh", "sw")},
     }
+    if preview:
+        columns[PREVIEW_COLUMN] = datasets.Image()
+    numbers = datasets.List(datasets.ClassLabel(names=class_names(ds)))
     for cat in ds.category_names:
         names = [cat] + ([cat + NUMBERS_SUFFIX] if kinds[cat] == "mixed" else [])
         for name in names:
@@ -122,11 +175,11 @@ def build_features(ds: ConceptDataset, kinds: dict[str, str]) -> Any:
                 raise UsageError(f"category {cat!r} clashes with column {name!r} of the published table",
                                  path=ds.root / fmt.CATEGORY_FILE)
         if kinds[cat] == "image":
-            columns[cat] = datasets.List(datasets.Value("int32"))
+            columns[cat] = numbers
         else:
             columns[cat] = datasets.List(datasets.Image())
             if kinds[cat] == "mixed":
-                columns[cat + NUMBERS_SUFFIX] = datasets.List(datasets.Value("int32"))
+                columns[cat + NUMBERS_SUFFIX] = numbers
     return datasets.Features(columns)
 
 
@@ -173,7 +226,33 @@ def _read(ds: ConceptDataset, relpath: str, sample: Sample) -> bytes:
         raise ConceptsError("file listed in index.csv is a folder", path=path) from None
 
 
-def _row(ds: ConceptDataset, sample: Sample, kinds: dict[str, str]) -> dict[str, Any]:
+def palette() -> list[int]:
+    """The preview's 256-colour palette: black for 0, then well-separated hues (golden-ratio steps)."""
+    import colorsys
+
+    out = [0, 0, 0]
+    for i in range(1, 256):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * (i % 3 == 0))
+        out += [round(r * 255), round(g * 255), round(b * 255)]
+    return out
+
+
+_PALETTE = palette()
+
+
+def preview_png(numbers: np.ndarray) -> bytes:
+    """A palette PNG of a label layer: number 0 black, number n colour ``1 + (n - 1) % 255``."""
+    index = np.where(numbers > 0, 1 + (numbers.astype(np.int64) - 1) % 255, 0).astype(np.uint8)
+    im = Image.fromarray(index, mode="P")
+    # A palette cut to the colours used lets Pillow write 1-, 2- or 4-bit pixels and a short PLTE
+    # chunk: on small label maps the full 768-byte palette would outweigh the pixels.
+    im.putpalette(_PALETTE[: 3 * (int(index.max()) + 1)])
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _row(ds: ConceptDataset, sample: Sample, kinds: dict[str, str], preview: str | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "path": sample.image,
         "image": {"bytes": _read(ds, sample.image, sample), "path": sample.image},
@@ -186,23 +265,35 @@ def _row(ds: ConceptDataset, sample: Sample, kinds: dict[str, str]) -> dict[str,
         row[cat] = [{"bytes": _read(ds, p, sample), "path": p} for p in sample.pixel_paths(cat)]
         if kind == "mixed":
             row[cat + NUMBERS_SUFFIX] = sample.image_labels(cat)
+    if preview:
+        row[PREVIEW_COLUMN] = None
+        if row[preview]:
+            # The dominant layer only: the preview is for the eye, the PNGs stay the exact data.
+            first = row[preview][0]
+            try:
+                layer = decode_label_png(io.BytesIO(first["bytes"]), path=ds.root / fmt.IMAGES_DIR / first["path"])
+            except ConceptsError as e:
+                # The PNG is published byte for byte all the same; only its picture is left out.
+                log.warning("no preview for %s: %s", sample.image, e)
+            else:
+                row[PREVIEW_COLUMN] = {"bytes": preview_png(layer), "path": None}
     return row
 
 
 def write_split(ds: ConceptDataset, samples: Sequence[Sample], split: str, out: Path, schema: pa.Schema,
-                kinds: dict[str, str], shard_size: int) -> list[Path]:
-    """Stream one split into ``data/<split>-0000N-of-0000M.parquet``; return the shard paths."""
+                kinds: dict[str, str], shard_size: int, preview: str | None = None) -> list[Path]:
+    """Stream one split into ``data/<split>-0000N-of-0000M.parquet`` (Hub split name); return the shard paths."""
     shards = plan_shards([_row_bytes(ds, s) for s in samples], shard_size)
     written = []
     rows = progress(samples, desc=f"publishing {split}", total=len(samples), unit="img")
     for n, (start, stop) in enumerate(shards):
-        path = out / DATA_DIR / f"{split}-{n:05d}-of-{len(shards):05d}.parquet"
+        path = out / DATA_DIR / f"{hub_split(split)}-{n:05d}-of-{len(shards):05d}.parquet"
         with pq.ParquetWriter(path, schema) as writer:
             buffer: list[dict[str, Any]] = []
             pending = 0
             for _ in range(start, stop):
                 sample = next(rows)
-                buffer.append(_row(ds, sample, kinds))
+                buffer.append(_row(ds, sample, kinds, preview))
                 pending += _row_bytes(ds, sample)
                 # Flush on rows or bytes so a row group never holds much more than a shard.
                 if len(buffer) >= ROW_GROUP_ROWS or pending >= min(shard_size, 64 * 2**20):
@@ -266,12 +357,19 @@ def publish(source: str | Path, output: str | Path, options: PublishOptions | No
     splits: dict[str, list[Sample]] = {}
     for sample in ds.samples:
         splits.setdefault(sample.split, []).append(sample)
+    # The Hub lists splits in the card's order; train first, as every Hub dataset does.
+    order = {"train": 0, "val": 1, "validation": 1, "test": 2}
+    splits = dict(sorted(splits.items(), key=lambda kv: order.get(kv[0], 3)))
     for split in splits:
         if not _SPLIT_NAME.match(split):
             raise UsageError(f"split {split!r} is not a valid Hugging Face split name (letters, digits, _ and .)",
                              path=ds.root / fmt.INDEX_FILE)
+        if hub_split(split) != split and hub_split(split) in splits:
+            raise UsageError(f"splits {split!r} and {hub_split(split)!r} would both be published as {hub_split(split)!r}",
+                             path=ds.root / fmt.INDEX_FILE)
     kinds = category_kinds(ds)
-    features = build_features(ds, kinds)
+    preview = preview_category(ds, kinds, options.preview)
+    features = build_features(ds, kinds, preview)
     schema = features.arrow_schema
     summary = PublishSummary(output=out)
 
@@ -284,13 +382,19 @@ def publish(source: str | Path, output: str | Path, options: PublishOptions | No
             write_table_parquet(ds, name, tmp / TABLES_DIR / table_parquet(name))
         split_bytes: dict[str, int] = {}
         for split, samples in splits.items():
-            paths = write_split(ds, samples, split, tmp, schema, kinds, options.shard_size)
-            summary.rows[split] = len(samples)
-            summary.shards[split] = len(paths)
-            split_bytes[split] = sum(p.stat().st_size for p in paths)
+            paths = write_split(ds, samples, split, tmp, schema, kinds, options.shard_size, preview)
+            summary.rows[hub_split(split)] = len(samples)
+            summary.shards[hub_split(split)] = len(paths)
+            split_bytes[hub_split(split)] = sum(p.stat().st_size for p in paths)
         summary.bytes = sum(split_bytes.values())
-        card = render_card(ds, kinds, features, summary.rows, split_bytes, options, out.name)
+        names = ds.label_names()
+        (tmp / ID2LABEL_FILE).write_text(
+            json.dumps({str(n): name for n, name in enumerate(names) if n in ds.labels}, indent=1, ensure_ascii=False) + "\n",
+            encoding="utf-8")
+        card, license_text = render_card(ds, kinds, features, summary.rows, split_bytes, options, out.name, preview)
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")
+        if license_text:
+            (tmp / LICENSE_FILE).write_text(license_text, encoding="utf-8")
     log.info("published %d images in %d shard(s) to %s", sum(summary.rows.values()),
              sum(summary.shards.values()), out)
     if options.push:
@@ -356,5 +460,5 @@ def _scrub(text: str, token: str) -> str:
 
 
 
-__all__ = ["HubError", "PublishOptions", "PublishSummary", "find_token", "parse_shard_size",
-           "publish", "push"]
+__all__ = ["HUB_SPLITS", "HubError", "PublishOptions", "PublishSummary", "class_names", "find_token", "hub_split",
+           "parse_shard_size", "publish", "push"]

@@ -33,6 +33,7 @@ from concepts.broden import format as fmt
 from concepts.broden.reader import bad_relpath, is_inside, is_label_number, parse_float, parse_int, png_bit_depth
 from concepts.errors import ConceptsError, UsageError
 from concepts.limits import check_pixels as check_size
+from concepts.listing import shorten
 from concepts.progress import progress
 
 ERROR = "error"
@@ -447,7 +448,7 @@ class _Validator:
                 self.error("sparse-codes", f"codes are not dense 1..{len(codes)}", table.path)
             missing = sorted(set(self.members.get(cat, ())) - numbers)
             if missing:
-                self.error("missing-code", f"label(s) {_short(missing)} of category {cat!r} in label.csv have no code",
+                self.error("missing-code", f"label(s) {shorten(missing)} of category {cat!r} in label.csv have no code",
                            table.path)
             ranked = [c for c, _, _ in sorted(order, key=lambda t: (-t[1], -t[2], t[0]))]
             if order and ranked != sorted(c for c, _, _ in order):
@@ -704,17 +705,17 @@ class _Validator:
             if n and area[number] < self.min_area:
                 tiny.append(f"{label.name} ({area[number]:.4f})")
         if unused:
-            self.warn("unused-label", f"{len(unused)} label(s) appear in no image: {_short(unused)}", self.label_path)
+            self.warn("unused-label", f"{len(unused)} label(s) appear in no image: {shorten(unused)}", self.label_path)
         if rare:
             self.warn("rare-concept", f"{len(rare)} concept(s) are in fewer than {self.min_images} images (their IoU is "
-                      f"unreliable): {_short(rare)}", self.label_path)
+                      f"unreliable): {shorten(rare)}", self.label_path)
         if tiny:
             self.warn("tiny-concept", f"{len(tiny)} concept(s) cover less than {self.min_area} of an image in total: "
-                      f"{_short(tiny)}", self.label_path)
+                      f"{shorten(tiny)}", self.label_path)
         multi = [f"{label.name} ({', '.join(label.categories)})" for label in self.labels.values() if len(label.categories) > 1]
         if multi:
             self.warn("multi-category", f"{len(multi)} label(s) belong to several categories (dissection attributes each "
-                      f"to its primary one): {_short(multi)}", self.label_path)
+                      f"to its primary one): {shorten(multi)}", self.label_path)
         groups: dict[str, list[str]] = defaultdict(list)
         for label in self.labels.values():
             for name in {label.name, *label.syns}:
@@ -722,7 +723,7 @@ class _Validator:
         dups = sorted({" / ".join(sorted(set(v))) for v in groups.values() if len(set(v)) > 1})
         if dups:
             self.warn("near-duplicate", f"{len(dups)} group(s) of labels have near-identical names or synonyms: "
-                      f"{_short(dups)}", self.label_path)
+                      f"{shorten(dups)}", self.label_path)
         self.stats["rare_concepts"] = len(rare)
         self.stats["unlabeled_images"] = len(unlabeled)
 
@@ -771,12 +772,6 @@ def _name_problem(name: str) -> str | None:
 
 def _cats(label: _LabelRow) -> str:
     return ", ".join(label.categories) or "no category"
-
-
-def _short(items: list[str], limit: int = 8) -> str:
-    items = [str(i) for i in items]
-    head = ", ".join(items[:limit])
-    return head + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def _near_key(name: str) -> str:

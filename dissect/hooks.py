@@ -23,7 +23,9 @@ def check_layers(model: nn.Module, names: Sequence[str]) -> None:
         if name not in available:
             close = difflib.get_close_matches(name, available, n=3)
             hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise ModelError(f"no layer {name!r} in the model; {hint}available: {', '.join(available)}")
+            from concepts.listing import shorten
+
+            raise ModelError(f"no layer {name!r} in the model; {hint}available: {shorten(available)}")
 
 
 class Capture:

@@ -137,7 +137,9 @@ class Run:
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self.record.get("layers", {}):
-            raise UsageError(f"no results for layer {layer!r}; the run has {', '.join(self.layers) or 'none'}", path=self.path)
+            from concepts.listing import shorten
+
+            raise UsageError(f"no results for layer {layer!r}; the run has {shorten(self.layers) or 'none'}", path=self.path)
 
 
 def load_run(path: str | Path, name: str | None = None) -> Run:

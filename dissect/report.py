@@ -2,7 +2,7 @@
 
 Each page has a header (units, detectors and unique concepts per category), the bar chart of
 :func:`dissect.plots.plot_categories`, and one card per unit sorted by IoU with a strip of the
-unit's top-k images, each showing the unit's thresholded mask (the rest dimmed). Filtering by
+unit's top-k images, each showing the unit's thresholded mask (outlined, the rest dimmed). Filtering by
 category and searching by concept are plain inline JavaScript; nothing is loaded from the web.
 
 The run folder does not keep feature maps, so the masks are recomputed: the model named in
@@ -48,16 +48,19 @@ DIM = 0.28
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Dim ``image`` outside ``mask`` (same height and width) and outline the mask."""
-    out = image.astype(np.float32)
-    out[~mask] *= DIM
-    inner = mask.copy()
-    inner[1:, :] &= mask[:-1, :]
-    inner[:-1, :] &= mask[1:, :]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    out[mask & ~inner] = OUTLINE
-    return out.round().astype(np.uint8)
+    """Dim ``image`` outside ``mask`` (same height and width) and outline the mask just outside its edge."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.utils import draw_segmentation_masks
+
+    inside = torch.from_numpy(np.array(mask, dtype=bool))  # a writable copy
+    # The outline lies outside the mask, so every pixel the unit fires on stays visible as it is.
+    grown = F.max_pool2d(inside[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+    # Drawn on floats and rounded once: torchvision's uint8 path truncates, darkening every pixel by one.
+    out = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255
+    out = draw_segmentation_masks(out, ~inside, alpha=1 - DIM, colors=(0, 0, 0))
+    out = draw_segmentation_masks(out, grown & ~inside, alpha=1.0, colors=OUTLINE)  # 0-255, scaled for floats
+    return (out * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _strip(tiles: Sequence[np.ndarray], gap: int = 3) -> np.ndarray:

@@ -313,7 +313,9 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
     categories = list(cfg.categories) if cfg.categories else list(ds.category_names)
     bad = [c for c in categories if c not in ds.category_names]
     if bad:
-        raise UsageError(f"unknown categor{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)}; the dataset has {', '.join(ds.category_names)}")
+        from concepts.listing import shorten
+
+        raise UsageError(f"unknown categor{'y' if len(bad) == 1 else 'ies'} {shorten(bad)}; the dataset has {shorten(ds.category_names)}")
     if not categories:
         raise DatasetFormatError("the dataset has no category to dissect against", path=Path(str(cfg.dataset)) / "category.csv")
     samples = ds.select(cfg.split, cfg.limit)

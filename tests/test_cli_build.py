@@ -51,7 +51,7 @@ def test_named_format_and_recipe(source: Path, tmp_path: Path) -> None:
         (["--from", "{tmp}"], 1, "format not recognised"),
         (["--from", "{src}", "--size", "0"], 2, "--size '0': expected a positive size"),
         (["--from", "{src}", "--split", "train=0.5"], 2, "must add up to 1"),
-        (["--from", "{src}", "--recipe", "imagenet"], 2, "unknown recipe 'imagenet'"),
+        (["--from", "{src}", "--recipe", "imagenet"], 2, "'imagenet' is not one of 'broden'"),
     ],
 )
 def test_user_errors_are_one_line(source: Path, tmp_path: Path, args: list[str], code: int, message: str) -> None:

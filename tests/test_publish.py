@@ -82,7 +82,7 @@ def test_layout_and_shards(published: Path, src: Path) -> None:
     train = [s for s in shards if s.startswith("train-")]
     assert len(train) > 1, "a 3 kB shard size must cut the train split into several shards"
     assert train == [f"train-{i:05d}-of-{len(train):05d}.parquet" for i in range(len(train))]
-    assert any(s.startswith("val-00000-of-") for s in shards)
+    assert any(s.startswith("validation-00000-of-") for s in shards), "Broden's val is published as validation"
     assert sum(pq.ParquetFile(published / "data" / s).metadata.num_rows for s in shards) == 7
     csvs = sorted(p.name for p in (published / "tables").glob("*.csv"))
     assert csvs == sorted(["index.csv", "label.csv", "category.csv"] + [f"c_{c}.csv" for c in ("color", "object", "part", "material", "scene")])
@@ -92,12 +92,13 @@ def test_layout_and_shards(published: Path, src: Path) -> None:
 def test_load_dataset_matches_source(published: Path, src: Path, cache: str) -> None:
     ds = open_dataset(src)
     loaded = datasets.load_dataset(str(published), cache_dir=cache)
-    assert set(loaded) == {"train", "val"}
+    assert set(loaded) == {"train", "validation"}
     features = loaded["train"].features
     assert isinstance(features["image"], datasets.Image)
     assert isinstance(features["part"], datasets.List) and isinstance(features["part"].feature, datasets.Image)
-    assert features["scene"] == datasets.List(datasets.Value("int32"))
-    assert features["material_numbers"] == datasets.List(datasets.Value("int32"))
+    assert isinstance(features["scene"].feature, datasets.ClassLabel)
+    assert features["scene"].feature.names[7] == "beach-s" and features["scene"].feature.names[300] == "big"
+    assert features["material_numbers"].feature.int2str(6) == "wood"
     rows = {}
     for split in loaded:
         raw = loaded[split].cast_column("image", datasets.Image(decode=False))
@@ -109,7 +110,7 @@ def test_load_dataset_matches_source(published: Path, src: Path, cache: str) -> 
     images = src / "images"
     for sample in ds.samples:
         split, row = rows[sample.image]
-        assert split == sample.split
+        assert split == {"val": "validation"}.get(sample.split, sample.split)
         assert (row["ih"], row["iw"], row["sh"], row["sw"]) == (sample.ih, sample.iw, sample.sh, sample.sw)
         assert row["image"]["bytes"] == (images / sample.image).read_bytes()
         for cat in ("color", "object", "part", "material"):
@@ -128,7 +129,7 @@ def test_load_dataset_matches_source(published: Path, src: Path, cache: str) -> 
 def test_decoded_labels_through_datasets(published: Path, src: Path, cache: str) -> None:
     ds = open_dataset(src)
     by_path = {s.image: s for s in ds.samples}
-    for row in datasets.load_dataset(str(published), split="val", cache_dir=cache):
+    for row in datasets.load_dataset(str(published), split="validation", cache_dir=cache):
         sample = by_path[row["path"]]
         assert np.array_equal(np.asarray(row["image"].convert("RGB")), ds.load_image(sample))
         obj = np.asarray(row["object"][0]).astype(np.int32)
@@ -152,14 +153,14 @@ def test_table_configs_load(published: Path, src: Path, cache: str) -> None:
 def test_card(published: Path) -> None:
     card = DatasetCard.load(published / "README.md")
     data = card.data.to_dict()
-    assert data["license"] == "mit"
-    assert data["task_categories"] == ["image-segmentation"]
+    assert data["license"] == "mit" and "license_name" not in data
+    assert data["task_categories"] == ["image-segmentation"] and data["task_ids"] == ["semantic-segmentation"]
     configs = {c["config_name"]: c for c in data["configs"]}
     assert configs["default"]["default"] is True
-    assert configs["default"]["data_files"] == [{"split": "train", "path": "data/train-*"}, {"split": "val", "path": "data/val-*"}]
+    assert configs["default"]["data_files"] == [{"split": "train", "path": "data/train-*"}, {"split": "validation", "path": "data/validation-*"}]
     assert configs["labels"]["data_files"][0]["path"] == "tables/label.parquet"
     assert {f["name"] for f in data["dataset_info"]["features"]} >= {"image", "path", "color", "part", "scene"}
-    assert {s["name"]: s["num_examples"] for s in data["dataset_info"]["splits"]} == {"train": 5, "val": 2}
+    assert {s["name"]: s["num_examples"] for s in data["dataset_info"]["splits"]} == {"train": 5, "validation": 2}
     text = card.text
     assert "| part | pixel | 2 |" in text and "| material | pixel+image | 1 |" in text
     assert "| 300 | big |" in text
@@ -323,7 +324,7 @@ def test_pull_refuses_paths_escaping_images(published: Path, tmp_path: Path) -> 
         if p.is_file():
             (evil / p.relative_to(published)).parent.mkdir(parents=True, exist_ok=True)
             (evil / p.relative_to(published)).write_bytes(p.read_bytes())
-    shard = sorted((evil / "data").glob("val-*.parquet"))[0]
+    shard = sorted((evil / "data").glob("validation-*.parquet"))[0]
     table = pq.read_table(shard)
     cells = table.column("image").to_pylist()
     cells[0]["path"] = "../../escaped.jpg"
@@ -339,7 +340,7 @@ def test_pull_refuses_paths_escaping_images(published: Path, tmp_path: Path) -> 
 def test_pull_detects_missing_rows(published: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial"
     for p in published.rglob("*"):
-        if p.is_file() and not p.name.startswith("val-"):
+        if p.is_file() and not p.name.startswith("validation-"):
             (partial / p.relative_to(published)).parent.mkdir(parents=True, exist_ok=True)
             (partial / p.relative_to(published)).write_bytes(p.read_bytes())
     with pytest.raises(DatasetFormatError, match="not in the Parquet shards"):

@@ -216,15 +216,31 @@ def test_cli_errors_are_one_line(tmp_path, runs):
 
 
 def test_overlay_dims_outside_and_outlines_the_mask():
-    image = np.full((6, 6, 3), 200, np.uint8)
-    mask = np.zeros((6, 6), bool)
-    mask[1:5, 1:5] = True
+    """A planted 4 x 5 mask on a uniform image: inside untouched, a one-pixel ring just outside, the rest dimmed."""
+    image = np.full((10, 12, 3), 200, np.uint8)
+    mask = np.zeros((10, 12), bool)
+    mask[3:7, 4:9] = True
     out = overlay(image, mask)
-    assert (out[~mask] == round(200 * DIM)).all()
-    assert (out[2:4, 2:4] == 200).all()  # inside, untouched
-    ring = mask.copy()
-    ring[2:4, 2:4] = False
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert (out[mask] == 200).all()
+    ring = np.zeros_like(mask)
+    ring[2:8, 3:10] = True  # the mask grown by one pixel, corners included
+    ring &= ~mask
     assert (out[ring] == OUTLINE).all()
+    far = ~mask & ~ring
+    assert (out[far] == round(200 * DIM)).all()
+    assert out[0, 0].tolist() == [56, 56, 56] and out[5, 6].tolist() == [200, 200, 200] and out[2, 3].tolist() == list(OUTLINE)
+
+
+def test_overlay_keeps_every_masked_pixel_exactly():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (9, 7, 3)).astype(np.uint8)
+    mask = rng.random((9, 7)) > 0.5
+    mask[0, :] = True  # a mask on the image's edge: the outline stops at the edge
+    out = overlay(image, mask)
+    assert (out[mask] == image[mask]).all()
+    assert (overlay(image, np.ones((9, 7), bool)) == image).all()
+    assert (overlay(image, np.zeros((9, 7), bool)) == np.round(image * DIM)).all()
 
 
 @pytest.fixture(scope="module")

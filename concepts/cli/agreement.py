@@ -12,10 +12,10 @@ import typer
 from concepts import builders
 from concepts.cli import app
 
-EPILOG = """Example:
+EPILOG = """Examples:
 
+\b
   concepts agreement annotator_a/ annotator_b/ --concepts concepts.yaml
-
   concepts agreement a.zip b.zip --format cvat --json > agreement.json
 """
 
@@ -61,30 +61,32 @@ def agreement(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
-    typer.echo(f"{'category':<12}{'concept':<24}{'IoU':>7}{'pixels A':>11}{'pixels B':>11}{'segs A':>8}{'segs B':>8}")
-    for c in report.concepts:
-        typer.echo(f"{c.category:<12}{c.name[:23]:<24}{c.iou:>7.3f}{c.pixels_a:>11}{c.pixels_b:>11}{c.segments_a:>8}{c.segments_b:>8}")
-    for cat, a, b, n in report.confusions[:10]:
-        typer.echo(f"named differently: {cat} '{a}' (A) vs '{b}' (B): {n} pixels")
+    from concepts.cli.tables import print_lines, print_table
+    from concepts.listing import shorten
+
+    print_table(["category", "concept", "IoU", "pixels A", "pixels B", "segs A", "segs B"],
+                [(c.category, c.name, f"{c.iou:.3f}", c.pixels_a, c.pixels_b, c.segments_a, c.segments_b) for c in report.concepts],
+                numeric=[False, False, True, True, True, True, True])
+    lines = [f"named differently: {cat} '{a}' (A) vs '{b}' (B): {n} pixels" for cat, a, b, n in report.confusions[:10]]
     worst = sorted(report.images, key=lambda i: -i.difference)[:5]
-    for image in worst:
-        if image.difference:
-            typer.echo(f"segment counts differ by {image.difference} in {image.key}")
-    for key in report.only_a:
-        typer.echo(f"only in A: {key}")
-    for key in report.only_b:
-        typer.echo(f"only in B: {key}")
+    lines += [f"segment counts differ by {image.difference} in {image.key}" for image in worst if image.difference]
+    # One line per side, however many images only one annotator labelled.
+    for side, keys in (("A", report.only_a), ("B", report.only_b)):
+        if keys:
+            lines.append(f"only in {side}: {shorten(keys)}")
     for side, items in (("A", report.unreadable_a), ("B", report.unreadable_b)):
-        for u in items:
-            typer.echo(f"unreadable in {side}, left out: {u}")
+        lines += [f"unreadable in {side}, left out: {u}" for u in items[:10]]
+        if len(items) > 10:
+            lines.append(f"unreadable in {side}: ... and {len(items) - 10} more (--json lists all)")
     skipped = ""
     if report.unreadable_a or report.unreadable_b:
         skipped = f" ({len(report.unreadable_a)} unreadable item(s) in A and {len(report.unreadable_b)} in B left out)"
-    typer.echo(
+    lines.append(
         f"overall: {len(report.images)} images{skipped}, pixel IoU {report.mean_iou:.3f}, naming agreement "
         f"{report.naming_agreement:.3f} ({report.name_disagreement} of {report.both_labelled} pixels named differently), "
         f"mean segment-count difference {report.mean_segment_difference:.2f} per image"
     )
+    print_lines(lines)
 
 
 def _shown(where: str, extracted: dict[Path, Path]) -> str:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from concepts.cli import app
 from concepts.errors import UsageError
 
+# "\b" keeps click from rewrapping an example in the middle of the command.
 EPILOG = """Examples:
 
+\b
   concepts dissect broden1_224/ --model resnet18 --weights resnet18_places365.pth --layer layer4 -o out/
 
+\b
   concepts dissect data/ --model mypkg.nets:build --layer features.28 --layer features.30 -o out/ --normalize netdissect
 
+\b
   concepts dissect hf://me/my-concepts --model resnet50 --pretrained --layer layer3 --layer layer4 -o out/ --device cuda
 
 Running the same command again resumes an interrupted run and skips layers already finished.
@@ -37,8 +41,8 @@ def _thresholds(values: list[str] | None) -> dict[str, Path]:
 @app.command(epilog=EPILOG)
 def dissect(
     dataset: Annotated[str, typer.Argument(help="Concept dataset: a Broden folder, a published Hugging Face dataset folder, or hf://OWNER/NAME.")],
+    layer: Annotated[list[str], typer.Option("--layer", "-l", help="Module name to dissect (repeatable; nested names like layer4.1.conv2).")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="torchvision architecture (resnet18, alexnet, vgg16, ...) or package.module:factory.")] = None,
-    layer: Annotated[Optional[list[str]], typer.Option("--layer", "-l", help="Module name to dissect (repeatable; nested names like layer4.1.conv2).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("dissection"),
     weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint: state dict (DataParallel and {'state_dict': ...} accepted) or TorchScript.")] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained", help="Use torchvision's published weights (downloads them).")] = False,
@@ -46,12 +50,12 @@ def dissect(
     categories: Annotated[Optional[list[str]], typer.Option("--categories", "-c", help="Only these categories (repeatable or comma-separated).")] = None,
     quantile: Annotated[float, typer.Option("--quantile", help="Fraction of activations above each unit's threshold.")] = 0.005,
     iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="IoU above which a unit detects its label.")] = 0.04,
-    union: Annotated[str, typer.Option("--union", help="Which activations count for a category: ndlite (reference), netdissect (2017), global.")] = "ndlite",
-    normalize: Annotated[str, typer.Option("--normalize", help="imagenet, netdissect (reference), none, or m1,m2,m3/s1,s2,s3.")] = "imagenet",
+    union: Annotated[Literal["ndlite", "netdissect", "global"], typer.Option("--union", help="Which activations count for a category: ndlite (reference), netdissect (2017), global.")] = "ndlite",
+    normalize: Annotated[str, typer.Option("--normalize", metavar="[imagenet|netdissect|none|M,M,M/S,S,S]", help="Input normalisation: imagenet, netdissect (reference), none, or custom means/stds m1,m2,m3/s1,s2,s3.")] = "imagenet",
     thresholds: Annotated[Optional[list[str]], typer.Option("--thresholds", help="Per-unit thresholds .npy (FILE for every layer, or LAYER=FILE).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 32,
     workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader processes decoding images and labels (default: cores - 1, at most 8).")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", metavar="[cpu|cuda|cuda:N]", help="Where the model runs: cpu, cuda or cuda:N.")] = "cpu",
     split: Annotated[Optional[str], typer.Option("--split", help="Only images of this split.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Top activating images kept per unit.")] = 10,
@@ -60,11 +64,15 @@ def dissect(
     report: Annotated[bool, typer.Option("--report", help="Also write the HTML report and plots into OUT/report/.")] = False,
 ) -> None:
     """Label every unit of the given layers with the concept its activations segment best."""
+    from concepts.dissect.models import parse_device, parse_normalize
     from concepts.dissect.run import DissectConfig
     from concepts.dissect.run import dissect as run
 
     if not layer:
         raise UsageError("give at least one --layer")
+    # Open values (cuda:N, custom means) are checked here, before any dataset or model is read.
+    parse_device(device)
+    parse_normalize(normalize)
     cats = [c.strip() for v in categories or [] for c in v.split(",") if c.strip()] or None
     cfg = DissectConfig(
         dataset=dataset, layers=list(layer), out=out, model=model, weights=weights, pretrained=pretrained,
@@ -73,11 +81,17 @@ def dissect(
         device=device, split=split, limit=limit, top_k=top_k, cache_budget_gb=cache_gb, force=force,
     )
     record = run(cfg)
+    from concepts.cli.tables import print_table
+
+    rows = []
     for name, summary in record["summary"].items():
         if summary is None:
             continue
         per_cat = ", ".join(f"{c} {v['detectors']}/{v['unique_concepts']}" for c, v in summary["categories"].items())
-        typer.echo(f"{name}: {summary['detectors']} of {summary['units']} units are detectors, {summary['unique_concepts']} unique concepts ({per_cat})")
+        rows.append((name, summary["units"], summary["detectors"], summary["unique_concepts"], per_cat))
+    if rows:
+        print_table(["layer", "units", "detectors", "unique concepts", "detectors/concepts per category"], rows,
+                    numeric=[False, True, True, True, False])
     typer.echo(f"results in {out}")
     if report:
         from concepts.dissect.plots import load_run

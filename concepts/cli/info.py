@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from concepts.cli import app
 
+if TYPE_CHECKING:
+    from concepts.info import DatasetSummary
+
 EPILOG = """Examples:
 
+\b
   concepts info broden1_224/
-
   concepts info hf://OWNER/my-concepts --top 20 --json
 """
 
@@ -25,7 +28,31 @@ def info(
 ) -> None:
     """Print images per split, labels per category and the most and least frequent concepts."""
     from concepts.hub import open_any
-    from concepts.info import format_summary, summarize
+    from concepts.info import summarize
 
     summary = summarize(open_any(dataset), top=max(0, top), name=dataset)
-    typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else format_summary(summary))
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print_summary(summary)
+
+
+def print_summary(summary: DatasetSummary) -> None:
+    """The summary as a header and rich tables (categories, most and least frequent concepts)."""
+    from concepts.cli.tables import print_lines, print_table
+
+    print_lines([
+        f"{summary.dataset}: {summary.images} images, {summary.labels} labels, {len(summary.categories)} categories",
+        "splits:   " + ", ".join(f"{k} {v}" for k, v in summary.splits.items()),
+        "images:   " + ", ".join(f"{k} ({v})" for k, v in list(summary.image_sizes.items())[:4]),
+        "labels:   " + ", ".join(f"{k} ({v})" for k, v in list(summary.segmentation_sizes.items())[:4]),
+        "",
+    ])
+    print_table(["category", "labels", "images", "frequency", "kind"],
+                [(c.name, c.labels, c.images, c.frequency, c.kind) for c in summary.categories],
+                numeric=[False, True, True, True, False])
+    for title, rows in (("most frequent concepts", summary.most_frequent), ("least frequent concepts", summary.least_frequent)):
+        if rows:
+            print_table(["number", "name", "category", "images", "coverage"],
+                        [(r["number"], r["name"], r["category"], r["frequency"], f"{r['coverage']:.3f}") for r in rows],
+                        title=title, numeric=[True, False, False, True, True])

@@ -31,8 +31,9 @@ def publish(
     push: Annotated[Optional[str], typer.Option("--push", help="Also upload to this Hub dataset repo (OWNER/NAME); needs HF_TOKEN or `hf auth login`.")] = None,
     private: Annotated[bool, typer.Option("--private", help="Create the Hub repo private.")] = False,
     shard_size: Annotated[str, typer.Option(help="Largest Parquet shard, e.g. 500MB, 64MiB.")] = "500MB",
-    license_: Annotated[str, typer.Option("--license", help="License id for the card (e.g. mit, cc-by-4.0).")] = "other",
+    license_: Annotated[str, typer.Option("--license", help="License id for the card (e.g. mit, cc-by-4.0); default other: the sources' own terms, listed in LICENSE.md.")] = "other",
     name: Annotated[Optional[str], typer.Option(help="Pretty name for the card (default: the output folder name).")] = None,
+    preview: Annotated[str, typer.Option("--preview", help="Pixel-level category drawn in the viewer's `preview` column: auto (the one with most labels), a category name, or none.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous output of the same kind that concepts wrote (never any other folder or file).")] = False,
 ) -> None:
     """Publish a concept dataset as a Hugging Face dataset (Parquet shards, tables, card)."""
@@ -50,7 +51,7 @@ def publish(
         typer.echo(f"pushed to {upload(dataset, push, private=private)}")
         return
     options = PublishOptions(shard_size=parse_shard_size(shard_size), license=license_, repo_id=push, push=bool(push),
-                             private=private, overwrite=overwrite, pretty_name=name)
+                             private=private, overwrite=overwrite, pretty_name=name, preview=preview)
     summary = run(dataset, output, options)
     per_split = ", ".join(f"{k}: {v} in {summary.shards[k]} shard(s)" for k, v in summary.rows.items())
     typer.echo(f"wrote {sum(summary.rows.values())} images ({per_split}), {_size(summary.bytes)} to {summary.output}")

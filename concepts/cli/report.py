@@ -13,8 +13,8 @@ from concepts.errors import UsageError
 
 EPILOG = """Examples:
 
+\b
   concepts report dissection/ -o report/
-
   concepts report resnet18_imagenet/ resnet18_places/ -o compare/ --layer layer4
 """
 
@@ -26,7 +26,7 @@ def report(
     layer: Annotated[Optional[list[str]], typer.Option("--layer", "-l", help="Only these layers (repeatable; each run keeps those it has; default: every layer).")] = None,
     dataset: Annotated[Optional[Path], typer.Option("--dataset", help="The run's concept dataset, if it has moved since the run.")] = None,
     images: Annotated[bool, typer.Option("--images/--no-images", help="Draw each unit's top images with its mask (reruns the model on those images).")] = True,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda, for redrawing the masks.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", metavar="[cpu|cuda|cuda:N]", help="Where the model redraws the masks: cpu, cuda or cuda:N.")] = "cpu",
     top: Annotated[int, typer.Option("--top", help="Concepts shown in the detectors-per-concept charts.")] = 20,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier report at OUT (never any other folder).")] = False,
     trust_model_code: Annotated[bool, typer.Option("--trust-model-code", help="Import the package.module:factory that run.json names, to redraw the masks (runs its code: trusted runs only).")] = False,
@@ -40,15 +40,20 @@ def report(
     """
     from concepts.dissect.plots import load_runs
     from concepts.dissect.report import render_reports
+    from concepts.listing import shorten
 
     if top < 1:
         raise UsageError("--top must be positive")
+    if images:
+        from concepts.dissect.models import parse_device
+
+        parse_device(device)  # before any run is read
     loaded = load_runs(runs)
     if layer:
         # One --layer list may name layers of different architectures (layer4 and features.12).
         for r in loaded:
             if not any(lay in r.layers for lay in layer):
-                raise UsageError(f"none of the layers {', '.join(layer)} has results in this run; it has {', '.join(r.layers)}", path=r.path)
+                raise UsageError(f"none of the layers {shorten(layer)} has results in this run; it has {shorten(r.layers)}", path=r.path)
     target = Path(os.path.abspath(out))
     # A run's own report/ sub-folder (where dissect --report writes) is allowed; anything else in a run is an input.
     inputs = [r.path for r in loaded if target != Path(os.path.abspath(r.path)) / "report"]

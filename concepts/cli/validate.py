@@ -11,10 +11,9 @@ from concepts.cli import app
 
 EPILOG = """Examples:
 
+\b
   concepts validate broden1_224/
-
   concepts validate out/example --min-images 5 --json > report.json
-
   concepts validate hf://OWNER/my-concepts
 
 Exit status: 0 valid (warnings allowed), 1 invalid, 2 usage error.
