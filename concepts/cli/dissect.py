@@ -87,7 +87,7 @@ def dissect(
     for name, summary in record["summary"].items():
         if summary is None:
             continue
-        per_cat = ", ".join(f"{c} {v['detectors']}/{v['unique_concepts']}" for c, v in summary["categories"].items())
+        per_cat = ", ".join(f"{c} {v['detectors']}/{v['unique_concepts']}" for c, v in sorted(summary["categories"].items()))
         rows.append((name, summary["units"], summary["detectors"], summary["unique_concepts"], per_cat))
     if rows:
         print_table(["layer", "units", "detectors", "unique concepts", "detectors/concepts per category"], rows,
