@@ -171,6 +171,10 @@ def _build(model: str, num_classes: int | None, pretrained: bool) -> nn.Module:
                 hint="offline? download them elsewhere and pass --weights FILE",
             ) from None
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+    # Segmentation and detection builders fetch backbone weights by default: without --pretrained
+    # nothing is downloaded, so they get none.
+    if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(model)).parameters:
+        kwargs["weights_backbone"] = None
     try:
         return torchvision.models.get_model(model, weights=None, **kwargs)
     except TypeError as e:

@@ -127,3 +127,18 @@ def test_parse_normalize():
     assert parse_normalize("100,110,120/50,50,50") == ((100.0, 110.0, 120.0), (50.0, 50.0, 50.0))
     with pytest.raises(UsageError, match="--normalize"):
         parse_normalize("imagenett")
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "fcn_resnet50"])
+def test_segmentation_models_download_nothing_without_pretrained(name, monkeypatch) -> None:
+    # torchvision's segmentation builders fetch ImageNet backbone weights unless told not to.
+    import torch.hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"download attempted: {args[:1]}")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    from concepts.dissect.models import load_model
+
+    loaded = load_model(name, None)
+    assert isinstance(loaded.module, torch.nn.Module)
