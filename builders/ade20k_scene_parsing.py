@@ -15,13 +15,13 @@ object: the annotation classes (names split on ","); scene: image-level from sce
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
 from concepts.builders import register
 from concepts.builders._raster import candidate_dirs, inside_input, read_id_channel
 from concepts.builders.base import Builder
+from concepts.broden.reader import parse_int, read_csv
 from concepts.errors import SourceError, SourceItemError
 from concepts.labelcount import present_ids
 from concepts.records import Record, names_tuple
@@ -36,10 +36,10 @@ MAX_CLASS = 65535
 
 def _class_index(text: str | None, path: Path, row: int) -> int:
     """A class index cell: ASCII digits only (``int()`` would also take ``²`` or Arabic-Indic digits), 1..65535."""
-    value = (text or "").strip()
-    if not (value.isascii() and value.isdigit()) or len(value) > 5 or not 0 < int(value) <= MAX_CLASS:
-        raise SourceError(f"Idx {value[:40]!r} is not a class index 1..{MAX_CLASS} in ASCII digits", path=path, row=row)
-    return int(value)
+    value = parse_int(text)
+    if value is None or not 0 < value <= MAX_CLASS:
+        raise SourceError(f"Idx {(text or '').strip()[:40]!r} is not a class index 1..{MAX_CLASS} in ASCII digits", path=path, row=row)
+    return value
 
 
 def _read_object_info(base: Path) -> dict[int, tuple[str, ...]]:
@@ -60,20 +60,8 @@ def _read_object_info(base: Path) -> dict[int, tuple[str, ...]]:
             names[_class_index(fields[0], txt, row)] = names_tuple(fields[-1])
         source = txt
     elif csv_path.is_file():
-        reader = None
-        try:
-            with csv_path.open(newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                if not {"Idx", "Name"} <= set(reader.fieldnames or []):
-                    raise SourceError("expected columns Idx and Name", path=csv_path)
-                for row, rec in enumerate(reader, start=2):
-                    names[_class_index(rec["Idx"], csv_path, row)] = tuple(n.strip() for n in (rec["Name"] or "").split(";") if n.strip())
-        except UnicodeDecodeError as e:
-            raise SourceError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=csv_path) from None
-        except csv.Error as e:
-            raise SourceError(f"not a readable CSV ({e})", path=csv_path, row=reader.line_num if reader else None) from None
-        except OSError as e:
-            raise SourceError(f"cannot read ({e.strerror or e})", path=csv_path) from None
+        for row, rec in enumerate(read_csv(csv_path, ("Idx", "Name"), error=SourceError), start=2):
+            names[_class_index(rec["Idx"], csv_path, row)] = tuple(n.strip() for n in (rec["Name"] or "").split(";") if n.strip())
         source = csv_path
     else:
         raise SourceError("objectInfo150.txt (or objectInfo150.csv) is missing", path=base)

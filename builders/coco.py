@@ -74,19 +74,15 @@ def _subset(path: Path) -> str:
 def _ident(value: Any, where: str, path: Path) -> int:
     """A COCO id: a JSON whole number (not a bool, float or string)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SourceError(f"{where} {_short(value)} is not a whole number", path=path)
+        raise SourceError(f"{where} {shown(value)} is not a whole number", path=path)
     return value
-
-
-def _short(value: Any) -> str:
-    return shown(value)
 
 
 def rle_counts(seg: dict[str, Any]) -> tuple[int, int, list[int]]:
     """``(height, width, runs)`` of a COCO RLE, checked; a ValueError says what is wrong in one line."""
     size = seg.get("size")
     if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
-        raise ValueError(f"RLE size {_short(size)} is not [height, width] in whole numbers")
+        raise ValueError(f"RLE size {shown(size)} is not [height, width] in whole numbers")
     h, w = check_pixels(size[1], size[0], what="RLE", error=SourceItemError)
     counts = seg.get("counts")
     if isinstance(counts, str):
@@ -94,10 +90,10 @@ def rle_counts(seg: dict[str, Any]) -> tuple[int, int, list[int]]:
     elif isinstance(counts, list):
         if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
             bad = next(c for c in counts if not isinstance(c, int) or isinstance(c, bool))
-            raise ValueError(f"RLE counts hold {_short(bad)}, not a whole number")
+            raise ValueError(f"RLE counts hold {shown(bad)}, not a whole number")
         runs = counts
     else:
-        raise ValueError(f"RLE counts {_short(counts)} are neither a list of runs nor a compressed string")
+        raise ValueError(f"RLE counts {shown(counts)} are neither a list of runs nor a compressed string")
     negative = next((c for c in runs if c < 0), None)
     if negative is not None:
         raise ValueError(f"RLE counts hold a negative run ({negative})")
@@ -238,7 +234,7 @@ class CocoBuilder(ExportBuilder):
                 raise SourceError(f"categories[{n}] is not an object", path=path)
             name = c.get("name")
             if not isinstance(name, str):
-                raise SourceError(f"categories[{n}].name {_short(name)} is not text", path=path)
+                raise SourceError(f"categories[{n}].name {shown(name)} is not text", path=path)
             categories[_ident(c.get("id"), f"categories[{n}].id", path)] = check_label_name(
                 name.strip(), path=path, item=f"categories[{n}].name", error=SourceError)
         concepts = {}
@@ -250,7 +246,7 @@ class CocoBuilder(ExportBuilder):
             image_id = _ident(im.get("id"), f"images[{n}].id", path)
             file_name = im.get("file_name")
             if not isinstance(file_name, str) or not file_name.strip():
-                raise SourceError(f"images[{n}].file_name {_short(file_name)} is not a file name", path=path)
+                raise SourceError(f"images[{n}].file_name {shown(file_name)} is not a file name", path=path)
             file_name = file_name.replace("\\", "/")
             stem = file_name.rsplit(".", 1)[0]
             key = f"{subset}/{stem}" if subset else stem

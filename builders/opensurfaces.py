@@ -20,7 +20,6 @@ Layout::
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from concepts.builders import register
 from concepts.builders._bands import read_bands
 from concepts.builders._raster import candidate_dirs, image_size, inside_input
 from concepts.builders.base import Builder
+from concepts.broden.reader import parse_int, read_csv
 from concepts.errors import SourceError, SourceItemError, UsageError
 from concepts.labelcount import present_ids
 from concepts.records import Record
@@ -48,35 +48,14 @@ def surface_names(name: str) -> tuple[str, ...]:
     return tuple(n.replace(" - ", "-").strip() for n in name.split("/") if n.strip())
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    if path.is_dir():
-        raise SourceError("is a directory, expected a CSV file", path=path)
-    reader = None
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in columns if c not in (reader.fieldnames or [])]
-            if missing:
-                raise SourceError(f"missing column(s) {', '.join(missing)}", path=path)
-            return list(reader)
-    except FileNotFoundError:
-        raise SourceError("file is missing", path=path) from None
-    except UnicodeDecodeError as e:
-        raise SourceError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
-    except csv.Error as e:
-        raise SourceError(f"not a readable CSV ({e})", path=path, row=reader.line_num if reader else None) from None
-    except OSError as e:
-        raise SourceError(f"cannot read ({e.strerror or e})", path=path) from None
-
 
 def _colour_names(path: Path, name_column: str, code_column: str) -> dict[int, tuple[str, ...]]:
     out = {}
-    for row, rec in enumerate(_read_csv(path, (name_column, code_column)), start=2):
+    for row, rec in enumerate(read_csv(path, (name_column, code_column), error=SourceError), start=2):
         text = (rec[code_column] or "").strip()
-        # ASCII digits only: int() would also take '²' or Arabic-Indic digits.
-        if not (text.isascii() and text.isdigit()) or len(text) > 3:
+        code = parse_int(text)
+        if code is None:
             raise SourceError(f"{code_column} {text[:40]!r} is not an integer 1..255", path=path, row=row)
-        code = int(text)
         if not 0 < code < 256:
             raise SourceError(f"{code_column} {code} is outside 1..255", path=path, row=row)
         out[code] = surface_names(rec[name_column] or "")
@@ -118,7 +97,7 @@ class OpenSurfacesBuilder(Builder):
         self.materials = _colour_names(base / "label-substance-colors.csv", "substance_name", "red_color")
         names = base / "label-name-colors.csv"
         self.objects = _colour_names(names, "name_name", "green_color") if names.is_file() else {}
-        rows = _read_csv(base / "photos.csv", ("photo_id", "scene_category_name"))
+        rows = read_csv(base / "photos.csv", ("photo_id", "scene_category_name"), error=SourceError)
         self.photos: list[str] = []
         raw_scene: dict[str, str] = {}
         for row, rec in enumerate(rows, start=2):

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from concepts.broden import format as fmt
-from concepts.broden.reader import ConceptDataset, Sample, decode_label_png
+from concepts.broden.reader import ConceptDataset, Sample, decode_label_png, is_inside
 from concepts.errors import DatasetFormatError, UnsafeInputError, UsageError
 from concepts.progress import progress
 from concepts.limits import check_pixels
@@ -90,7 +90,7 @@ def _input_root(folder: Path, spec: str | Path) -> Path:
 
 def _contained(path: Path, root: Path, folder: Path) -> Path:
     """``path`` itself, after checking that it (links resolved) stays inside ``root``."""
-    if not Path(os.path.realpath(path)).is_relative_to(root):
+    if not is_inside(root, path):
         raise UnsafeInputError("is a symbolic link pointing outside the published folder; it is not followed",
                                path=path, hint=f"replace it by the file itself in {folder}")
     return path

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from concepts.broden import format as fmt
-from concepts.broden.reader import ConceptDataset, Sample, decode_label_png
+from concepts.broden.reader import ConceptDataset, Sample, decode_label_png, is_inside
 from concepts.errors import ConceptsError, UnsafeInputError, UsageError
 from concepts.progress import progress
 from concepts.publish_card import render_card, table_configs
@@ -185,7 +185,7 @@ def build_features(ds: ConceptDataset, kinds: dict[str, str], preview: str | Non
 
 def _inside(ds: ConceptDataset, path: Path) -> Path:
     """``path``, after checking that it (symbolic links resolved) stays inside the dataset folder."""
-    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(ds.root)):
+    if not is_inside(ds.root, path):
         raise UnsafeInputError("is a symbolic link pointing outside the dataset; it is not followed",
                                path=path, hint="replace the link by the file itself")
     return path
@@ -445,11 +445,10 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, api: Any = 
 
 def _refuse_outside_links(folder: Path) -> None:
     """Refuse to upload a folder holding a symbolic link to anything outside it."""
-    root = Path(os.path.realpath(folder))
     for dirpath, dirnames, filenames in os.walk(folder):
         for name in dirnames + filenames:
             path = Path(dirpath, name)
-            if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(root):
+            if path.is_symlink() and not is_inside(folder, path):
                 raise UnsafeInputError("is a symbolic link pointing outside the folder; nothing was uploaded",
                                        path=path, hint="replace the link by the file itself")
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from concepts.broden import format as fmt
-from concepts.errors import DatasetFormatError
+from concepts.errors import ConceptsError, DatasetFormatError
 from concepts.limits import check_pixels
 
 
@@ -135,40 +135,41 @@ def png_bit_depth(head: bytes) -> int | None:
     return head[24]
 
 
-def read_csv(path: Path, columns: Sequence[str], root: Path | None = None) -> list[dict[str, str]]:
-    """Read a CSV whose header must hold ``columns``; raise a one-line DatasetFormatError otherwise.
+def read_csv(path: Path, columns: Sequence[str], root: Path | None = None,
+             error: type[ConceptsError] = DatasetFormatError) -> list[dict[str, str]]:
+    """Read a CSV whose header must hold ``columns``; raise a one-line ``error`` (DatasetFormatError) otherwise.
 
     A UTF-8 byte-order mark is skipped; with ``root``, a table that is (or passes through) a
     symlink leading out of ``root`` is refused rather than followed.
     """
     if root is not None and (path.is_symlink() or path.exists()) and not is_inside(root, path):
-        raise DatasetFormatError("is a symlink leading outside the dataset (not followed)", path=path)
+        raise error("is a symlink leading outside the dataset (not followed)", path=path)
     if path.is_dir():
-        raise DatasetFormatError("is a directory, expected a CSV file", path=path)
+        raise error("is a directory, expected a CSV file", path=path)
     reader = None
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             if not header:
-                raise DatasetFormatError("file is empty (no header row)", path=path)
+                raise error("file is empty (no header row)", path=path)
             twice = sorted({c for c in header if c and header.count(c) > 1})
             if twice:
                 # DictReader would silently keep only the last of two same-named columns.
-                raise DatasetFormatError(f"column(s) {_shorten(repr(', '.join(twice)))} appear twice in the header", path=path)
+                raise error(f"column(s) {_shorten(repr(', '.join(twice)))} appear twice in the header", path=path)
             missing = [c for c in columns if c not in header]
             if missing:
-                raise DatasetFormatError(f"missing column(s) {', '.join(missing)} (has {_shorten(repr(','.join(header)))})", path=path)
+                raise error(f"missing column(s) {', '.join(missing)} (has {_shorten(repr(','.join(header)))})", path=path)
             return list(reader)
     except FileNotFoundError:
-        raise DatasetFormatError("file is missing", path=path) from None
+        raise error("file is missing", path=path) from None
     except UnicodeDecodeError as e:
-        raise DatasetFormatError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
+        raise error(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path) from None
     except csv.Error as e:
         row = reader.line_num if reader is not None and reader.line_num else None
-        raise DatasetFormatError(f"not a readable CSV ({e})", path=path, row=row) from None
+        raise error(f"not a readable CSV ({e})", path=path, row=row) from None
     except OSError as e:
-        raise DatasetFormatError(f"cannot read ({e.strerror or e})", path=path) from None
+        raise error(f"cannot read ({e.strerror or e})", path=path) from None
 
 
 def _shorten(text: str, limit: int = 120) -> str:
