@@ -89,6 +89,8 @@ class FeatureStore:
         cache_dir: Path,
         budget_bytes: int,
         dtype: np.dtype = np.dtype(np.float32),
+        layout: str | None = None,
+        layer_output: str | None = None,
     ) -> None:
         self.model, self.layers, self.ds, self.samples = model.to(device), list(layers), ds, list(samples)
         self.categories, self.mean_std = list(categories), mean_std
@@ -97,6 +99,7 @@ class FeatureStore:
         self.maps: dict[str, _Rows] | None = None
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.rows = 0  # complete rows of the cache
+        self.layout, self.layer_output = layout, layer_output
 
     def _loader(self, images: bool, labels: bool, start: int = 0):
         return loader(
@@ -138,7 +141,7 @@ class FeatureStore:
         start = self.rows if self.maps is not None else 0
         if start >= n:
             return
-        with capture(self.model, self.layers) as grab:
+        with capture(self.model, self.layers, layout=self.layout, output=self.layer_output) as grab:
             for items in progress(self._loader(True, False, start), desc="features", total=-(-(n - start) // bs), unit="batch"):
                 feats = self._forward(grab, items)
                 if not self.shapes:
@@ -189,7 +192,7 @@ class FeatureStore:
                 i0 = items[0].index
                 yield items, self._from_cache(i0, i0 + len(items))
             return
-        with capture(self.model, self.layers) as grab:
+        with capture(self.model, self.layers, layout=self.layout, output=self.layer_output) as grab:
             for items in progress(self._loader(True, labels, start), desc=desc, total=total, unit="batch"):
                 yield (items if labels else None), self._forward(grab, items)
 

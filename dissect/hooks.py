@@ -59,7 +59,7 @@ class Capture:
 
 
 @contextmanager
-def capture(model: nn.Module, names: Sequence[str], *, stop_early: bool = True) -> Iterator[Capture]:
+def capture(model: nn.Module, names: Sequence[str], *, stop_early: bool = True, layout: str | None = None, output: str | None = None) -> Iterator[Capture]:
     """Hook ``names`` for the duration of the block; handles are always removed on exit."""
     check_layers(model, names)
     modules = dict(model.named_modules())

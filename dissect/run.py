@@ -63,6 +63,8 @@ class DissectConfig:
     cache_budget_gb: float = 8.0
     force: bool = False
     checkpoint_s: float = 60.0  # how often an unfinished run saves what it has done
+    layout: str | None = None  # how layer outputs hold units (dissect.hooks.parse_layout); None: from the model
+    layer_output: str | None = None  # which element of a tuple, dict or ModelOutput layer output; None: the hidden state
 
 
 def default_workers() -> int:
@@ -181,6 +183,8 @@ def _params(cfg: DissectConfig, layer: str, model_hash: str, fingerprint: str, c
         "split": cfg.split,
         "limit": cfg.limit,
         "top_k": cfg.top_k,
+        "layout": cfg.layout,
+        "layer_output": cfg.layer_output,
     }
 
 
@@ -501,7 +505,7 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
     device = parse_device(cfg.device)
     timings: dict[str, float] = {}
     resumed: dict[str, Any] = {}
-    store = FeatureStore(model, layers, ds, samples, categories, mean_std=mean_std, batch_size=cfg.batch_size, workers=cfg.workers, device=device, cache_dir=work.dir, budget_bytes=int(cfg.cache_budget_gb * 1e9))
+    store = FeatureStore(model, layers, ds, samples, categories, mean_std=mean_std, batch_size=cfg.batch_size, workers=cfg.workers, device=device, cache_dir=work.dir, budget_bytes=int(cfg.cache_budget_gb * 1e9), layout=cfg.layout, layer_output=cfg.layer_output)
     feat_state = work.found.get("features") or {}
     if feat_state.get("shapes"):
         store.resume(feat_state["shapes"], int(feat_state.get("rows", 0)))

@@ -61,6 +61,8 @@ def dissect(
     top_k: Annotated[int, typer.Option("--top-k", help="Top activating images kept per unit.")] = 10,
     cache_gb: Annotated[float, typer.Option("--cache-gb", help="Disk budget for cached features; above it they are recomputed.")] = 8.0,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when finished results match.")] = False,
+    layout: Annotated[Optional[str], typer.Option("--layout", metavar="[nchw|nhwc|tokens[:P[:HxW]]]", help="How the layer's output holds units when the model does not say: nchw, nhwc, or tokens with P prefix tokens and an HxW patch grid.")] = None,
+    layer_output: Annotated[Optional[str], typer.Option("--layer-output", metavar="INDEX|KEY", help="Which element of a tuple, dict or ModelOutput a layer returns (default: its hidden state).")] = None,
     report: Annotated[bool, typer.Option("--report", help="Also write the HTML report and plots into OUT/report/.")] = False,
 ) -> None:
     """Label every unit of the given layers with the concept its activations segment best."""
@@ -79,6 +81,7 @@ def dissect(
         trust_pickle=trust_pickle, categories=cats, quantile=quantile, iou_threshold=iou_threshold, union=union,
         normalize=normalize, thresholds=_thresholds(thresholds), batch_size=batch_size, workers=workers,
         device=device, split=split, limit=limit, top_k=top_k, cache_budget_gb=cache_gb, force=force,
+        layout=layout, layer_output=layer_output,
     )
     record = run(cfg)
     from concepts.cli.tables import print_table
