@@ -7,8 +7,10 @@ rows form a tile row (likewise columns), so each output tile is interpolated fro
 cells and can only exceed the threshold where the largest of them does. Only those tiles, and
 in them only the rows and columns whose edge values reach the threshold, are interpolated,
 with the weights read off the device's own ``F.interpolate`` and in its order of operations.
-A pixel whose value is within rounding of the threshold (where kernels may disagree) sends
-its pair to plain ``F.interpolate``, so the counts are exactly those of upsampling in full.
+A pixel whose value is within rounding of the threshold (where kernels may disagree) is
+computed again with the reference's own arithmetic (PIL's two-pass bilinear resize of an ``F``
+image, :func:`pil_values`) and compared with the float64 threshold, so the counts are exactly
+those of the reference upsampling every map in full (DISSECTION.md, bit-exact agreement).
 Intersections are counted with one ``bincount`` over ``unit * L + label`` keys of the active
 pixels (all label layers at once, which is the same as one per layer), or over
 ``pair * L + label`` keys when there are few labels, which also gives each pair's categories.
@@ -16,6 +18,8 @@ pixels (all label layers at once, which is the same as one per layer), or over
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -50,7 +54,8 @@ def _read_axis(n_in: int, n_out: int, dim: int, device: torch.device) -> _Axis:
     """The source indices and weights of one axis, read off ``F.interpolate`` on the device, so that they are the kernel's own."""
     eye = torch.eye(n_in, device=device)
     x, size = (eye[:, None, :, None], (n_out, 1)) if dim == 0 else (eye[:, None, None, :], (1, n_out))
-    wts = F.interpolate(x, size=size, mode="bilinear", align_corners=False).reshape(n_in, n_out)
+    # Shrinking reads antialiased weights (more than two per output), which sends the axis to full upsampling.
+    wts = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=n_out < n_in).reshape(n_in, n_out)
     nz = wts != 0
     first = nz.int().argmax(0)
     last = n_in - 1 - nz.flip(0).int().argmax(0)
@@ -70,14 +75,117 @@ def _read_axis(n_in: int, n_out: int, dim: int, device: torch.device) -> _Axis:
     return _Axis(start, w0[at].masked_fill(past, float("nan")), w1[at].masked_fill(past, float("nan")), count > 0, count, size, ok)
 
 
-def _full_active(maps: torch.Tensor, thr: torch.Tensor, sh: int, sw: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Active pixels ``(map index, pixel)`` of ``maps`` (``P x h x w``) upsampled in full to ``sh x sw``."""
+def below_float32(thresholds: np.ndarray) -> np.ndarray:
+    """The largest float32 at or below each float64 threshold: ``v > T32`` equals ``v > T64`` for every float32 ``v``."""
+    t64 = np.asarray(thresholds, np.float64)
+    with np.errstate(over="ignore"):
+        t32 = t64.astype(np.float32)
+    # Round to nearest went up: step down once (never more than one float32 apart).
+    return np.where(t32.astype(np.float64) > t64, np.nextafter(t32, np.float32(-np.inf)), t32)
+
+
+def _bilinear(x: float) -> float:
+    x = -x if x < 0.0 else x
+    return 1.0 - x if x < 1.0 else 0.0
+
+
+@functools.lru_cache(maxsize=64)
+def _pil_axis_np(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """First source index and float64 weights per output index of PIL's bilinear resize along one axis.
+
+    The same operations, in the same order, as Pillow's ``precompute_coeffs`` (libImaging/Resample.c),
+    whose coefficients are doubles normalised to sum 1.
+    """
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    ss = 1.0 / filterscale
+    first = np.zeros(n_out, np.int64)
+    weights = np.zeros((n_out, ksize), np.float64)
+    for xx in range(n_out):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)  # int() truncates toward zero, as C's cast
+        xmax = min(int(center + support + 0.5), n_in) - xmin
+        k = [_bilinear((x + xmin - center + 0.5) * ss) for x in range(xmax)]
+        ww = 0.0
+        for w in k:
+            ww += w
+        if ww != 0.0:
+            k = [w / ww for w in k]
+        first[xx] = xmin
+        weights[xx, : len(k)] = k
+    return first, weights
+
+
+def _pil_axis(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    first, weights = _pil_axis_np(n_in, n_out)
+    return torch.from_numpy(first).to(device), torch.from_numpy(weights).to(device)
+
+
+def pil_values(maps: torch.Tensor, j: torch.Tensor, pix: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+    """The values PIL's bilinear resize of ``maps[j]`` (as ``F`` images) to ``sh x sw`` gives at flat pixels ``pix``.
+
+    Pillow resizes in two passes, along the width first; each output value sums its taps in
+    order in double precision with double weights and is stored as float32 after each pass.
+    Reproduced here per pixel, in float64 with separate multiplies and adds (no fused
+    multiply-add), for the few pixels whose value is within rounding of a threshold.
+    """
+    _, h, w = maps.shape
+    dev = maps.device
+    j, pix = j.long(), pix.long()
+    y, x = pix // sw, pix % sw
+    ry, ky = _pil_axis(h, sh, dev)
+    rx, kx = _pil_axis(w, sw, dev)
+    rows = (ry.index_select(0, y)[:, None] + torch.arange(ky.shape[1], device=dev)).clamp(max=h - 1)
+    cols = (rx.index_select(0, x)[:, None] + torch.arange(kx.shape[1], device=dev)).clamp(max=w - 1)
+    # Taps past a window have weight 0 and a clamped index: adding 0 * value changes no sum.
+    at = (j * (h * w))[:, None, None] + rows[:, :, None] * w + cols[:, None, :]
+    vals = maps.reshape(-1).index_select(0, at.reshape(-1)).view(at.shape).to(torch.float64)
+    wx, wy = kx.index_select(0, x), ky.index_select(0, y)
+    across = torch.zeros(vals.shape[:2], dtype=torch.float64, device=dev)
+    for b in range(vals.shape[2]):
+        across = across + vals[:, :, b] * wx[:, b, None]
+    across = across.to(torch.float32).to(torch.float64)
+    out = torch.zeros(len(j), dtype=torch.float64, device=dev)
+    for a in range(vals.shape[1]):
+        out = out + across[:, a] * wy[:, a]
+    return out.to(torch.float32)
+
+
+def _decide_near(maps: torch.Tensor, thr64: torch.Tensor, j: torch.Tensor, pix: torch.Tensor, active: torch.Tensor, near: torch.Tensor, sh: int, sw: int) -> None:
+    """Set ``active`` at the ``near`` pixels from the reference's arithmetic and the float64 thresholds."""
+    if near.any():
+        at = near.nonzero()[:, 0]
+        jn = j.index_select(0, at)
+        active[at] = pil_values(maps, jn, pix.index_select(0, at), sh, sw).to(torch.float64) > thr64.index_select(0, jn.long())
+
+
+def _full_active(maps: torch.Tensor, thr: torch.Tensor, thr64: torch.Tensor, sh: int, sw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Active pixels ``(map index, pixel)`` of ``maps`` (``P x h x w``) upsampled in full to ``sh x sw``.
+
+    ``thr`` is ``thr64`` rounded down to float32; pixels within rounding of it are decided by :func:`pil_values`.
+    """
     npix = sh * sw
     step = max(1, _CHUNK // npix)
     js, pixs = [], []
     for s in range(0, len(maps), step):
-        up = F.interpolate(maps[s : s + step, None], size=(sh, sw), mode="bilinear", align_corners=False)
-        j, pix = (up.view(-1, npix) > thr[s : s + step, None]).nonzero(as_tuple=True)
+        part = maps[s : s + step]
+        # Shrinking, PIL (the reference) widens the filter to cover every source cell: antialias does the same.
+        shrink = sh < maps.shape[1] or sw < maps.shape[2]
+        up = F.interpolate(part[:, None], size=(sh, sw), mode="bilinear", align_corners=False, antialias=shrink).view(-1, npix)
+        t = thr[s : s + step, None]
+        band = (2 * _KAPPA) * part.abs().amax(dim=(1, 2))[:, None]
+        near = (up - t).abs() < band
+        j, pix = (up > t).nonzero(as_tuple=True)
+        if near.any():
+            # The doubtful pixels, decided afresh, replace the kernel's answer at those pixels.
+            nj, npx = near.nonzero(as_tuple=True)
+            keep = ~near[j, pix]
+            j, pix = j[keep], pix[keep]
+            decided = torch.zeros(len(nj), dtype=torch.bool, device=maps.device)
+            _decide_near(part, thr64[s : s + step], nj, npx, decided, torch.ones_like(decided), sh, sw)
+            j, pix = torch.cat([j, nj[decided]]), torch.cat([pix, npx[decided]])
         js.append(j + s)
         pixs.append(pix)
     return torch.cat(js), torch.cat(pixs)
@@ -124,11 +232,11 @@ def _expand(n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return item, pos
 
 
-def _tile_active(maps: torch.Tensor, thr: torch.Tensor, tiles: Sequence[torch.Tensor], p0: int, rows: _Axis, cols: _Axis, sh: int, sw: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _tile_active(maps: torch.Tensor, thr: torch.Tensor, thr64: torch.Tensor, tiles: Sequence[torch.Tensor], p0: int, rows: _Axis, cols: _Axis, sh: int, sw: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Active pixels ``(map index, pixel)`` of ``maps`` upsampled to ``sh x sw``, computed only in ``tiles`` (maps numbered from ``p0``).
 
     Equal to :func:`_full_active` on the same maps: a pixel within rounding of its threshold
-    hands its map to it.
+    is decided by :func:`pil_values` in both.
     """
     P, h, w = maps.shape
     K = len(tiles[0])
@@ -168,27 +276,11 @@ def _tile_active(maps: torch.Tensor, thr: torch.Tensor, tiles: Sequence[torch.Te
     v = top.view(-1).index_select(0, fx) * hr0.index_select(0, r) + bottom.view(-1).index_select(0, fx) * hr1.index_select(0, r)
     Tq = Tr.index_select(0, r)
     active = v > Tq
-    dist = (v - Tq).abs()
-    near = dist < band.index_select(0, r)
     j = k.index_select(0, rt).index_select(0, r)
     pix = pix0.index_select(0, r) + dx
-    if near.any():
-        # Rounding is bounded relative to the interpolated magnitudes, which are 0 only where
-        # every contributing weight or cell is 0 and the value is then exactly 0 in any kernel.
-        near = near.nonzero()[:, 0]
-        nr, nx_ = r[near], fx[near]
-        nt = rt[nr]
-        wx0, wx1 = w0.view(-1)[nx_], w1.view(-1)[nx_]
-        size = (a[nt].abs() * wx0 + b[nt].abs() * wx1) * hr0[nr] + (c[nt].abs() * wx0 + d[nt].abs() * wx1) * hr1[nr]
-        amb = near[dist[near] < _KAPPA * size]
-        if len(amb):
-            redo = torch.unique(j[amb])
-            bad = torch.zeros(P, dtype=torch.bool, device=maps.device)
-            bad[redo] = True
-            active &= ~bad.index_select(0, j)
-            jr, pr = _full_active(maps[redo], thr[redo], sh, sw)
-            keep = active.nonzero()[:, 0]
-            return torch.cat([j.index_select(0, keep), redo.to(idx)[jr]]), torch.cat([pix.index_select(0, keep), pr.to(idx)])
+    # Rounding is bounded relative to the interpolated magnitudes: outside this band every
+    # evaluation order, the reference's included, puts the pixel on the same side.
+    _decide_near(maps, thr64, j, pix, active, (v - Tq).abs() < band.index_select(0, r), sh, sw)
     keep = active.nonzero()[:, 0]
     return j.index_select(0, keep), pix.index_select(0, keep)
 
@@ -219,7 +311,10 @@ class Tally:
         # was written, and the smaller it is, the more of it is still in cache.
         self._label_type = torch.uint8 if self.nl <= 256 else torch.int16 if self.nl <= 2**15 else torch.int32
         self._labels = torch.zeros(0, dtype=self._label_type, device=self.device)
-        self.thresholds = torch.as_tensor(np.asarray(thresholds, np.float32), device=self.device)
+        # float64 as given (the reference compares float32 values with float64 thresholds); the
+        # float32 copy is rounded down so that the fast float32 comparisons agree with it exactly.
+        self.thresholds64 = torch.as_tensor(np.asarray(thresholds, np.float64), device=self.device)
+        self.thresholds = torch.as_tensor(below_float32(thresholds), device=self.device)
         self.truth, self.inter, self.act_cat, self.act_units = self._zeros()
         self.images = 0
         self.committing = False
@@ -324,13 +419,13 @@ class Tally:
             step = max(1, _CHUNK // npix)
             for s in range(0, len(hot), step):
                 pb, pu = hot[s : s + step, 0], hot[s : s + step, 1]
-                j, pix = _full_active(feats[pb, pu], thr[pu], sh, sw)
+                j, pix = _full_active(feats[pb, pu], thr[pu], self.thresholds64[pu], sh, sw)
                 self._count(delta, ctx, pb, pu, j, pix)
             return
         step = max(1, _CHUNK // (8 * h * w))
         for s in range(0, len(hot), step):
             pb, pu = hot[s : s + step, 0], hot[s : s + step, 1]
-            maps, t = feats[pb, pu], thr[pu]
+            maps, t, t64 = feats[pb, pu], thr[pu], self.thresholds64[pu]
             tiles = _hot_tiles(maps, t, rows_ax, cols_ax)
             # Parts of whole pairs whose selected tiles hold at most about _CHUNK pixels, to bound
             # memory: a tile's pixels, or its tables' entries if more (edge tiles can be short).
@@ -342,7 +437,7 @@ class Tally:
             for n in torch.unique_consecutive(part, return_counts=True)[1].tolist():
                 p1 = p0 + n
                 t0, t1 = torch.searchsorted(tiles[0], torch.tensor([p0, p1], device=dev)).tolist()
-                j, pix = _tile_active(maps[p0:p1], t[p0:p1], [v[t0:t1] for v in tiles], p0, rows_ax, cols_ax, sh, sw)
+                j, pix = _tile_active(maps[p0:p1], t[p0:p1], t64[p0:p1], [v[t0:t1] for v in tiles], p0, rows_ax, cols_ax, sh, sw)
                 self._count(delta, ctx, pb[p0:p1], pu[p0:p1], j, pix)
                 p0 = p1
 

@@ -168,13 +168,13 @@ class ExactQuantile:
         self.mode[collect] = _DONE
 
     def result(self) -> np.ndarray:
-        """The per-unit quantiles as float32."""
+        """The per-unit quantiles in float64 (kept so: a float32 copy would move values at the threshold)."""
         if self.needs_pass():
             raise RuntimeError("more passes are needed")
-        return self.values.astype(np.float32)
+        return self.values.copy()
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, frac: float) -> np.ndarray:
-    """numpy.quantile's own interpolation between neighbouring order statistics (in float32)."""
-    pair = np.stack([a, b]).astype(np.float32)
+    """numpy.quantile's own interpolation between neighbouring order statistics, in float64 like the reference's percentiles."""
+    pair = np.stack([a, b]).astype(np.float64)
     return np.quantile(pair, frac, axis=0)
