@@ -97,9 +97,9 @@ class ConceptMapping:
             return None
         return self._concept(entry.category or default_category, entry.names or (label,))
 
-    def shape(self, label: str, *, part: bool = False) -> Concept | None:
-        """The concept of an area shape labelled ``label`` (``part``: it is a part of another shape)."""
-        return self._label(label, DEFAULT_PART if part else DEFAULT_SHAPE)
+    def shape(self, label: str, *, part: bool = False, default: str | None = None) -> Concept | None:
+        """The concept of an area shape labelled ``label`` (``part``: a part of another shape; ``default``: the source's own category)."""
+        return self._label(label, default or (DEFAULT_PART if part else DEFAULT_SHAPE))
 
     def tag(self, label: str) -> Concept | None:
         """The concept of an image-level tag (CVAT tag, labelme flag)."""
@@ -458,6 +458,8 @@ class Inventory:
     parts: Counter = field(default_factory=Counter)
     tags: Counter = field(default_factory=Counter)
     attributes: dict[str, Counter] = field(default_factory=dict)
+    #: A label's category when the source gives it one other than object/part/scene (COCO-Stuff: ``stuff``).
+    categories: dict[str, str] = field(default_factory=dict)
 
     def add_attribute(self, name: str, value: str) -> None:
         """Count one attribute value."""
@@ -485,6 +487,7 @@ def starter_mapping(builders: Sequence[Any]) -> str:
         total.labels.update(inv.labels)
         total.parts.update(inv.parts)
         total.tags.update(inv.tags)
+        total.categories.update(inv.categories)
         for name, values in inv.attributes.items():
             total.attributes.setdefault(name, Counter()).update(values)
     lines.append("labels:")
@@ -492,7 +495,9 @@ def starter_mapping(builders: Sequence[Any]) -> str:
     if not every:
         lines[-1] = "labels: {}"
     for label in every:
-        if total.tags[label] and not total.labels[label] and not total.parts[label]:
+        if label in total.categories:
+            category = total.categories[label]
+        elif total.tags[label] and not total.labels[label] and not total.parts[label]:
             category = "scene"
         elif total.parts[label] and not total.labels[label]:
             category = "part"
