@@ -26,8 +26,10 @@ _MODULES: tuple[str, ...] = (
     "concepts.builders.cvat",
     "concepts.builders.coco",
     "concepts.builders.cvat_mask",
+    "concepts.builders.voc",
     "concepts.builders.labelme",
     "concepts.builders.labelme_json",
+    "concepts.builders.cityscapes",
 )
 _loaded = False
 

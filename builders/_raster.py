@@ -188,6 +188,28 @@ def polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
+#: Vertices farther than this many canvas sizes outside the image are not given to pycocotools,
+#: whose rasteriser allocates per unit of outline length and overflows C ints on huge coordinates.
+COCO_SANE_MARGIN = 4
+
+
+def pycocotools_polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Rasterise one polygon as pycocotools (``frPyObjects`` + ``decode``) does: COCO's and CVAT's exporters' rule.
+
+    Polygons reaching beyond :data:`COCO_SANE_MARGIN` canvas sizes fall back to :func:`polygon_mask`.
+    """
+    if len(points) < 3:
+        return np.zeros((height, width), dtype=bool)
+    reach = COCO_SANE_MARGIN * max(height, width) + 16
+    if float(np.abs(points).max()) > reach:
+        return polygon_mask(points, height, width)
+    from pycocotools import mask as cocomask
+
+    # Three or more vertices: pycocotools reads a list of > 4 numbers as a polygon, never a box.
+    rles = cocomask.frPyObjects([np.asarray(points, dtype=np.float64).ravel().tolist()], height, width)
+    return cocomask.decode(rles)[:, :, 0].astype(bool)
+
+
 def rotate_points(points: np.ndarray, cx: float, cy: float, degrees: float) -> np.ndarray:
     """Rotate points about (cx, cy) clockwise on screen (y down), as CVAT's ``rotation`` (Precisions 8)."""
     a = np.deg2rad(degrees)
@@ -294,8 +316,9 @@ class Shape:
     """One area shape in painting order, with the concepts it paints (plain, picklable data).
 
     kind: ``polygon`` (data: N x 2 points), ``ellipse`` (cx, cy, rx, ry, rotation), ``cvat_rle``
-    (rle, left, top, width, height), ``bitmap`` (left, top, bool array), or a builder-specific kind
-    its own ``mask_fn`` understands. ``concepts``: ``(category, id)`` pairs, the shape's label
+    (rle, left, top, width, height), ``bitmap`` (left, top, bool array), ``erase`` (data: another
+    Shape, whose pixels become unlabeled in every category for the shapes painted before it; no
+    concepts), or a builder-specific kind its own ``mask_fn`` understands. ``concepts``: ``(category, id)`` pairs, the shape's label
     first, then concepts from its attributes, all painted over the same pixels.
     """
 
@@ -342,11 +365,21 @@ def paint_layers(
     covered: dict[tuple[str, int], np.ndarray] = {}  # flat pixels a later shape of that label holds
     depth: dict[str, np.ndarray] = {}  # per category: how many layers each pixel has filled
     stacks: dict[str, np.ndarray] = {}  # per category: layers x (height * width)
+    erased: np.ndarray | None = None  # flat pixels an ``erase`` shape painted later has cleared
     for shape in reversed(shapes):
-        idx = np.flatnonzero(mask_fn(shape, height, width, path))
+        eraser = shape.kind == "erase"
+        idx = np.flatnonzero(mask_fn(shape.data if eraser else shape, height, width, path))
         if not idx.size:
-            if skip is not None:
+            if skip is not None and not eraser:
                 skip["no pixels inside the image"] += 1
+            continue
+        if erased is not None:
+            idx = idx[~erased[idx]]
+        if eraser:
+            # Walking backwards, every shape still to come was painted before the eraser.
+            if erased is None:
+                erased = np.zeros(height * width, dtype=bool)
+            erased[idx] = True
             continue
         for key in reversed(shape.concepts):
             category, ident = key

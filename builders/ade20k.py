@@ -8,6 +8,12 @@ encoding, probed N = 1, 2, ... up to the first missing level (FORMATS.md B.1, B.
   objects and parts share one name list, so a class that is both (``wheel``) becomes one label
   with two categories; scene: image-level, normalised by :func:`concepts.vocabulary.scene_name`.
 * 2016: ``index_ade20k.mat`` (MATLAB struct ``index``) gives the file list, scenes and names.
+  Without it the images are listed from ``images/{training,validation}/``, the scene is the
+  folder below the letter (``images/training/w/wine_cellar/bottle_storage`` ->
+  ``wine_cellar/bottle_storage``) and class names come from each image's ``<name>_atr.txt``:
+  the row of part level L and instance k names the class of the k-th distinct non-zero B value
+  of level L's PNG (``_seg.png`` for L = 0, ``_parts_L.png`` otherwise), as the release's
+  ``loadAde20K.m`` numbers instances. See docs/decisions/ade20k-part-levels.md.
 * 2021: ``index_ade20k.pkl`` (in the dataset folder or its parent, where the release puts it) gives
   the same fields. It is a pickle, so it is read only from the dataset the user named, and with a
   restricted unpickler that rebuilds only builtin containers and numpy arrays (anything else is
@@ -114,7 +120,12 @@ class _AdeRelease(Builder):
         self.scene_of = dict(zip(files, scene_ids))
         self.objectnames = objectnames
 
-    def _class_names(self, image: Path) -> dict[int, tuple[str, ...]] | None:
+    #: Whether per-image names come from ``_atr.txt`` rows matched to instances (B channel).
+    instance_names = False
+    #: Where per-image names come from, for errors.
+    names_from = "the image's .json"
+
+    def _class_names(self, image: Path, layers: list) -> dict[int, tuple[str, ...]] | None:
         """Per-image names of class ids, when the release has no global name list."""
         return None
 
@@ -124,19 +135,24 @@ class _AdeRelease(Builder):
         if not image.is_file():
             raise SourceItemError("image is missing", path=image, reason="missing image")
         seg_path = inside_input(self.base, image.with_name(f"{image.stem}_seg.png"), what="segmentation", item=item)
-        layers = [("object", seg_path, read_bands(seg_path, (0, 1), what="segmentation"))]
+        # Instances (B) are needed only to name classes from _atr.txt rows.
+        bands = (0, 1, 2) if self.instance_names else (0, 1)
+        layers = [("object", seg_path, read_bands(seg_path, bands, what="segmentation"))]
         level = 1
         while (part_path := image.with_name(f"{image.stem}_parts_{level}.png")).is_file():
             inside_input(self.base, part_path, what="part level", item=item)
-            layers.append(("part", part_path, read_bands(part_path, (0, 1), what="part level")))
+            layers.append(("part", part_path, read_bands(part_path, bands, what="part level")))
             level += 1
-        per_image = self._class_names(image)
-        record = Record(key=image.stem, image=image)
-        for category, path, (red, green) in layers:
+        decoded = []
+        for category, path, channels in layers:
+            red, green = channels[:2]
             if red_not_tens(red):
                 # MATLAB's converter rounds R/10; real files hold multiples of 10, so floor is equal there.
                 log.warning("%s: red values that are not multiples of 10; class ids use R // 10", path)
-            layer = ade_classes(red, green)
+            decoded.append((category, path, ade_classes(red, green), channels[2] if len(channels) > 2 else None))
+        per_image = self._class_names(image, decoded)
+        record = Record(key=image.stem, image=image)
+        for category, path, layer, _ in decoded:
             ids = present_ids(layer)
             if not ids:
                 continue  # an empty level adds nothing but a blank layer
@@ -152,7 +168,7 @@ class _AdeRelease(Builder):
     def _name(self, ident: int, per_image: dict[int, tuple[str, ...]] | None, path: Path) -> tuple[str, ...]:
         if per_image is not None:
             if ident not in per_image:
-                raise SourceItemError(f"class {ident} has no object in the image's .json", path=path, reason="unknown label id")
+                raise SourceItemError(f"class {ident} has no object in {self.names_from}", path=path, reason="unknown label id")
             return per_image[ident]
         names = self.objectnames or []
         if ident > len(names):
@@ -164,26 +180,45 @@ class _AdeRelease(Builder):
 
 @register
 class Ade20k2016Builder(_AdeRelease):
-    """ADE20K_2016_07_26: ``index_ade20k.mat`` plus per-image ``_seg.png`` and ``_parts_N.png``."""
+    """ADE20K_2016_07_26: ``index_ade20k.mat`` (or per-image ``_atr.txt``) plus ``_seg.png`` and ``_parts_N.png``."""
 
     NAME = "ade20k"
-    DESCRIPTION = "ADE20K_2016_07_26 full release (index_ade20k.mat, images/{training,validation}/)"
-    EXPECTS = f"{INDEX_MAT} beside images/training/ (ADE20K_2016_07_26)"
+    DESCRIPTION = "ADE20K_2016_07_26 full release (index_ade20k.mat or per-image _atr.txt, images/{training,validation}/)"
+    EXPECTS = f"{INDEX_MAT} or per-image _atr.txt beside images/training/ (ADE20K_2016_07_26)"
     RELEASE = 'an ADE20K 2016 release'
+    names_from = "the image's _atr.txt"
 
     @classmethod
     def locate(cls, path: Path) -> Path | None:
         """The release folder: ``path`` or one of its sub-folders."""
         for cand in candidate_dirs(path, "ADE20K_2016_07_26"):
             images = cand / "images"
-            if (cand / INDEX_MAT).is_file() and not (images / "ADE").is_dir():
-                if (images / "training").is_dir() or (images / "validation").is_dir():
-                    return cand
+            if (images / "ADE").is_dir() or not any((images / s).is_dir() for s in ADE_SPLITS):
+                continue
+            if (cand / INDEX_MAT).is_file() or _has_atr(images):
+                return cand
         return None
+
+    @classmethod
+    def detect(cls, path: Path) -> Detection:
+        """A release folder with ``images/{training,validation}/``; surer with ``index_ade20k.mat``."""
+        base = cls.locate(path)
+        if base is None:
+            return Detection.missing(cls.EXPECTS)
+        return Detection.match(1.0 if (base / INDEX_MAT).is_file() else 0.9)
 
     def __init__(self, root: str | Path, options: dict | None = None) -> None:
         super().__init__(root, options)
         self.base = base = self.located()
+        self.index_path = base / INDEX_MAT if (base / INDEX_MAT).is_file() else None
+        if self.index_path is None:
+            log.info("%s: no %s; listing images/ and reading names from each image's _atr.txt", base, INDEX_MAT)
+            self.instance_names = True
+            files = sorted(p.relative_to(base).as_posix() for s in ADE_SPLITS if (base / "images" / s).is_dir()
+                           for p in (base / "images" / s).rglob("*.jpg"))
+            # images/<split>/<letter>/<scene...>/<name>.jpg: the scene is the path below the letter.
+            self._set_index(files, ["/".join(f.split("/")[3:-1]) for f in files], None)
+            return
         index = _load_mat_index(base / INDEX_MAT)
         fields = {}
         for field in ("filename", "folder", "scene", "objectnames"):
@@ -198,6 +233,88 @@ class Ade20k2016Builder(_AdeRelease):
             raise SourceError("index fields filename, folder and scene differ in length", path=base / INDEX_MAT)
         files = [_relative_image(d, f, base / INDEX_MAT) for d, f in zip(fields["folder"], fields["filename"])]
         self._set_index(files, fields["scene"], fields["objectnames"])
+
+    def _class_names(self, image: Path, layers: list) -> dict[int, tuple[str, ...]] | None:
+        if not self.instance_names:
+            return None
+        path = inside_input(self.base, image.with_name(f"{image.stem}_atr.txt"), what="attribute file")
+        rows = read_atr(path)
+        names: dict[int, tuple[str, ...]] = {}
+        named_by: dict[int, int] = {}
+        for level, (_, _, classes, blue) in enumerate(layers):
+            # loadAde20K.m: instance k of a level is the k-th distinct B value of its PNG (0 = none).
+            pairs = np.unique((np.asarray(blue, dtype=np.uint32) << 16) | classes)
+            instances = np.unique(pairs >> 16)
+            instances = instances[instances > 0]
+            for pair in pairs:
+                b, ident = int(pair >> 16), int(pair & 0xFFFF)
+                if not ident or not b:
+                    continue
+                rank = int(np.searchsorted(instances, b)) + 1
+                row = rows.get((level, rank))
+                if row is None:
+                    continue  # the class stays unnamed unless another instance names it
+                number, name = row
+                if ident in names and names[ident] != name:
+                    raise SourceItemError(
+                        f"class {ident} is {', '.join(names[ident])!r} on row {named_by[ident]} and {', '.join(name)!r} on row {number}",
+                        path=path, reason="bad annotation")
+                names[ident] = name
+                named_by[ident] = number
+        return names
+
+
+ADE_SPLITS = ("training", "validation")
+
+
+def _has_atr(images: Path) -> bool:
+    """Whether ``images/{training,validation}/<letter>/<scene>[/<sub>]/`` holds an ``_atr.txt``."""
+    for split in ADE_SPLITS:
+        for pattern in ("*/*/*_atr.txt", "*/*/*/*_atr.txt"):
+            if next((images / split).glob(pattern), None) is not None:
+                return True
+    return False
+
+
+def read_atr(path: Path) -> dict[tuple[int, int], tuple[int, tuple[str, ...]]]:
+    """An ``_atr.txt``: ``(part level, instance number) -> (row, WordNet names)``.
+
+    Rows are ``instance # part level # occluded # WordNet name # raw name # "attributes"``
+    (FORMATS.md B.1), split at ``#`` with the spaces around trimmed, as loadAde20K.m reads them;
+    the attribute list is the rest of the row, so a ``#`` inside the quotes is kept there.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SourceItemError("attribute file is missing", path=path, reason="missing annotation") from None
+    except OSError as e:
+        raise SourceItemError(f"cannot read the attribute file ({e.strerror or e})", path=path, reason="unreadable annotation") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # as for the 2021 JSON: any byte decodes, ASCII names stay intact
+    rows: dict[tuple[int, int], tuple[int, tuple[str, ...]]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split("#", 5)]
+        if len(fields) != 6:
+            raise SourceItemError(f"row {number}: expected 6 fields separated by '#', got {len(fields)}",
+                                  path=path, reason="bad annotation")
+        instance, level, _, name = fields[:4]
+        if not all(f.isascii() and f.isdigit() and len(f) <= 6 for f in (instance, level)):
+            raise SourceItemError(f"row {number}: instance {instance[:20]!r} and part level {level[:20]!r} must be whole numbers",
+                                  path=path, reason="bad annotation")
+        names = names_tuple(name)
+        if not all(names):
+            raise SourceItemError(f"row {number}: class name {name[:60]!r} is empty or has an empty synonym",
+                                  path=path, reason="bad annotation")
+        key = (int(level), int(instance))
+        if key in rows:
+            raise SourceItemError(f"row {number}: instance {int(instance)} of part level {int(level)} is also row {rows[key][0]}",
+                                  path=path, reason="bad annotation")
+        rows[key] = (number, names)
+    return rows
 
 
 def _load_mat_index(path: Path) -> Any:
@@ -369,7 +486,7 @@ class Ade20k2021Builder(_AdeRelease):
             files = sorted(p.relative_to(base).as_posix() for p in (base / "images" / "ADE").rglob("*.jpg"))
             self._set_index(files, [f.rsplit("/", 2)[-2] for f in files], None)
 
-    def _class_names(self, image: Path) -> dict[int, tuple[str, ...]] | None:
+    def _class_names(self, image: Path, layers: list) -> dict[int, tuple[str, ...]] | None:
         if self.objectnames is not None:
             return None
         return _json_names(inside_input(self.base, image.with_suffix(".json"), what="annotation JSON"))

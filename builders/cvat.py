@@ -8,6 +8,8 @@ Layout (a folder, or the .zip CVAT downloads)::
 
 Polygons, boxes (``rotation`` in degrees about the centre, clockwise on screen), ellipses and masks
 (RLE over their box) are painted as pixel labels in ascending ``z_order``, then document order;
+polygons and (rotated) boxes are rasterised as CVAT's own "Segmentation mask" export does, through
+datumaro's ``polygons_to_masks``/``boxes_to_masks``, that is pycocotools (docs/decisions/rasterisation.md);
 polylines, points, cuboids and skeletons have no area and are counted as skipped; ``outside``
 shapes are skipped; tags become image-level labels. Labels, attributes and tags go through the
 concept mapping (:mod:`concepts.mapping`). The XML is streamed once, when items are listed.
@@ -37,7 +39,7 @@ from PIL import Image
 from defusedxml.common import DefusedXmlException
 
 from concepts.builders import register
-from concepts.builders._raster import Shape, box_points, check_canvas, finite_points, paint_record
+from concepts.builders._raster import Shape, box_points, check_canvas, finite_points, paint_record, pycocotools_polygon_mask, shape_mask
 from concepts.builders._export import ExportBuilder, contained
 from concepts.builders.base import Detection
 from concepts import progress
@@ -97,6 +99,13 @@ def _orientation(im: Image.Image) -> int:
 
 def _floats(el: Element, *names: str) -> tuple[float, ...]:
     return tuple(float(el.get(n, "nan")) for n in names)
+
+
+def cvat_mask(shape: Shape, height: int, width: int, path: Path) -> np.ndarray:
+    """Rasterise one CVAT shape: polygons and boxes by pycocotools, as CVAT's mask export; others as usual."""
+    if shape.kind == "polygon":
+        return pycocotools_polygon_mask(shape.data, height, width)
+    return shape_mask(shape, height, width, path)
 
 
 @register
@@ -329,6 +338,7 @@ class CvatBuilder(ExportBuilder):
                                   reason="missing image")
         try:
             size = self._canvas(image, path, xml)
-            return paint_record(image.key, path, size, image.shapes, image.tags, self.ids.names, image.skipped, xml)
+            return paint_record(image.key, path, size, image.shapes, image.tags, self.ids.names, image.skipped, xml,
+                                mask_fn=cvat_mask)
         except SourceItemError as e:
             raise SourceItemError(f"<image name={image.name!r}>: {e.message}", path=xml, reason=e.reason) from None

@@ -9,8 +9,19 @@ Layout (a folder, or the .zip CVAT downloads)::
 
 CVAT has already flattened overlapping shapes, so each image has one ``object`` layer (or the
 category the concept mapping gives each label). Images listed without a mask keep only colour;
-colours missing from labelmap.txt are unlabeled and counted as skipped. A listed name that leads
-out of the export (absolute, ``..``, a symlink) is never read: the image is skipped as ``path
+colours missing from labelmap.txt are unlabeled and counted as skipped.
+
+Unlabeled, like ``background``: labels named ``ignored`` or ``void`` (Datumaro's and CVAT's name
+for VOC's void), the VOC void colour 224,224,192 unless labelmap.txt gives that colour to a label
+of its own, and value 255 of a 1-channel mask unless labelmap.txt has a 256th line. VOC draws void
+along every object's boundary, so reading it as a label would make one concept of all outlines.
+
+The same folder can also be read by the ``voc`` builder (builders/voc.py), which decodes masks
+through this module's :class:`ClassTable`, so both give the same labels; detection prefers this
+builder whenever ``labelmap.txt`` is present (0.85 against ``voc``'s 0.8). An image named by several
+ImageSets lists (VOC's ``trainval.txt`` repeats ``train`` and ``val``) is read once.
+
+A listed name that leads out of the export (absolute, ``..``, a symlink) is never read: the image is skipped as ``path
 outside the input``; labelmap.txt and the lists must be UTF-8 files inside the export.
 """
 
@@ -29,12 +40,17 @@ from concepts.builders._export import contained
 from concepts.builders.base import Builder, Detection
 from concepts.archive import export_folder
 from concepts.errors import SourceError, SourceItemError, UnsafeInputError
-from concepts.mapping import Inventory, LabelIds, load_mapping
+from concepts.mapping import ConceptMapping, Inventory, LabelIds, load_mapping
 from concepts.records import Record
 
 log = logging.getLogger(__name__)
 
-BACKGROUND = ("background", "_background_")
+#: Label names that mean unlabeled: background, and VOC's void under the names exports give it.
+BACKGROUND = ("background", "_background_", "ignored", "void")
+#: The VOC devkit colour of index 255 (void): unlabeled even when labelmap.txt does not list it.
+VOID_COLOUR = (224, 224, 192)
+#: VOC's void index in 1-channel masks.
+VOID_INDEX = 255
 #: Image extensions looked up directly before the JPEGImages folder is listed.
 _USUAL = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -94,6 +110,109 @@ def _read_mask(path: Path) -> np.ndarray:
     return arr
 
 
+def _code(colour: tuple[int, int, int]) -> int:
+    return (colour[0] << 16) | (colour[1] << 8) | colour[2]
+
+
+class ClassTable:
+    """Colours and 1-channel values of a class list -> ``(category, id)`` (None: unlabeled).
+
+    ``labels`` are ``(name, (r, g, b))`` in line order: a 1-channel value is a line index.
+    """
+
+    def __init__(self, labels: list[tuple[str, tuple[int, int, int]]], mapping: ConceptMapping, ids: LabelIds,
+                 *, unknown: str = "colour not in labelmap.txt") -> None:
+        self.ids = ids
+        self.unknown = unknown
+        self.by_colour: dict[int, tuple[str, int] | None] = {}
+        self.by_index: dict[int, tuple[str, int] | None] = {}
+        for index, (name, colour) in enumerate(labels):
+            concept = None if name.strip().lower() in BACKGROUND else mapping.shape(name)
+            target = (concept.category, ids.get(concept)) if concept else None
+            self.by_colour.setdefault(_code(colour), target)
+            self.by_index[index] = target
+        # Void stays unlabeled unless the file gave its colour or index to a label of its own.
+        self.by_colour.setdefault(_code(VOID_COLOUR), None)
+        self.by_index.setdefault(VOID_INDEX, None)
+
+    def fill(self, record: Record, arr: np.ndarray, path: Path) -> None:
+        """Set the record's pixel layers, names and skipped counts from a decoded class mask."""
+        if arr.dtype.kind not in "uib" or arr.ndim not in (2, 3):
+            raise SourceItemError(f"mask must be an RGB or single-channel integer image, got {arr.dtype} {arr.shape}",
+                                  path=path, reason="bad mask")
+        skipped: Counter = Counter()
+        if arr.ndim == 2:
+            codes = arr.astype(np.int64)
+            table = self.by_index
+        else:
+            rgb = arr[..., :3].astype(np.int64)
+            codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+            table = self.by_colour
+        values, inverse = np.unique(codes, return_inverse=True)
+        inverse = inverse.reshape(codes.shape)
+        # One lookup array per category (value index -> id): linear in pixels plus colours, where a
+        # pass over the mask per colour was quadratic for masks with thousands of labels.
+        per_category: dict[str, np.ndarray] = {}
+        for v_index, v in enumerate(values.tolist()):
+            if v not in table:
+                skipped[self.unknown] += 1
+                continue
+            target = table[v]
+            if target is None:
+                continue
+            category, ident = target
+            per_category.setdefault(category, np.zeros(len(values), np.uint16))[v_index] = ident
+        layers = {category: lookup[inverse] for category, lookup in per_category.items()}
+        record.pixel = {c: [layer] for c, layer in layers.items() if layer.any()}
+        used = {(c, int(i)) for c, lookup in per_category.items() for i in np.unique(lookup) if i}
+        record.names = {k: self.ids.names[k] for k in sorted(used)}
+        record.skipped = dict(skipped)
+
+
+def segmentation_lists(folder: Path) -> list[tuple[str, list[str]]] | None:
+    """``(subset, names)`` of ``ImageSets/Segmentation/*.txt``, sorted by subset, each image once (None: no lists).
+
+    An image named by several lists belongs to the shortest of them (ties: the first by name):
+    VOC's ``trainval.txt`` repeats ``train.txt`` and ``val.txt``, so its images stay train or val
+    and no image is read twice. A list left with no image of its own is dropped.
+    """
+    lists = []
+    for path in sorted((folder / "ImageSets" / "Segmentation").glob("*.txt")):
+        names = [n.strip() for n in _read_text(path, folder).splitlines() if n.strip()]
+        lists.append((path.stem, list(dict.fromkeys(names))))
+    owner: dict[str, str] = {}
+    for subset, names in sorted(lists, key=lambda sn: len(sn[1])):
+        for n in names:
+            owner.setdefault(n, subset)
+    out = [(subset, [n for n in names if owner[n] == subset]) for subset, names in lists]
+    dropped = [subset for subset, names in out if not names and any(ns for _, ns in lists)]
+    if dropped:
+        log.info("ImageSets/Segmentation: %s repeat only images of the other lists; each image is read once",
+                 ", ".join(f"{d}.txt" for d in dropped))
+    return [(subset, names) for subset, names in out if names] if lists else None
+
+
+def mask_names(folder: Path) -> list[str]:
+    """Every ``SegmentationClass/**/*.png`` as a name without extension, sorted (no lists present)."""
+    return [p.relative_to(folder / "SegmentationClass").with_suffix("").as_posix()
+            for p in sorted((folder / "SegmentationClass").rglob("*.png"))]
+
+
+def find_image(folder: Path, name: str, *, where: Path, element: str) -> Path:
+    """``JPEGImages/<name>.<ext>`` of an export (any extension), checked to lie inside ``folder``."""
+    # The listed name (or a symlink on the way) must not lead out of the export.
+    parent = contained(folder, (folder / "JPEGImages" / name).parent, where=where, element=element)
+    stem = Path(name).name
+    # The usual extensions first: listing the folder for every item is quadratic in the images.
+    images = [p for p in (parent / f"{stem}{ext}" for ext in _USUAL) if p.is_file()][:1]
+    if not images and parent.is_dir():
+        # Compared by stem rather than globbed: names may hold glob characters such as '['.
+        images = sorted(p for p in parent.iterdir() if p.is_file() and p.stem == stem)
+    if not images:
+        raise SourceItemError("image not in the export (JPEGImages/)", path=folder / "JPEGImages" / name, reason="missing image")
+    return contained(folder, images[0], where=where, element=element)
+
+
 @register
 class CvatMaskBuilder(Builder):
     """CVAT Segmentation mask 1.1 (class masks coloured by labelmap.txt)."""
@@ -112,14 +231,7 @@ class CvatMaskBuilder(Builder):
         self.labels = read_labelmap(labelmap, self.folder)
         self.ids = LabelIds(labelmap)
         self.inv = Inventory()
-        # colour code (R << 16 | G << 8 | B) and line index -> (category, id); 0 = unlabeled.
-        self.by_colour: dict[int, tuple[str, int] | None] = {}
-        self.by_index: list[tuple[str, int] | None] = []
-        for name, (r, g, b) in self.labels:
-            concept = None if name.lower() in BACKGROUND else mapping.shape(name)
-            target = (concept.category, self.ids.get(concept)) if concept else None
-            self.by_colour.setdefault((r << 16) | (g << 8) | b, target)
-            self.by_index.append(target)
+        self.table = ClassTable(self.labels, mapping, self.ids)
         self._items: list[tuple[str, str]] | None = None
 
     @classmethod
@@ -128,22 +240,23 @@ class CvatMaskBuilder(Builder):
         unmet = []
         if not (path / "labelmap.txt").is_file():
             unmet.append("labelmap.txt")
-        if not (path / "SegmentationClass").is_dir() and not (path / "ImageSets" / "Segmentation").is_dir():
-            unmet.append("SegmentationClass/ or ImageSets/Segmentation/")
+        if not (path / "SegmentationClass").is_dir():
+            if not (path / "ImageSets" / "Segmentation").is_dir():
+                unmet.append("SegmentationClass/ or ImageSets/Segmentation/")
+            elif (path / "Annotations").is_dir():
+                # A Pascal VOC export with boxes only: the voc builder says so in one line.
+                unmet.append("SegmentationClass/ (Annotations/ alone holds boxes, not masks)")
         return Detection.missing(*unmet) if unmet else Detection.match(0.85)
 
     def items(self) -> list[tuple[str, str]]:
         """``(subset, name)`` pairs from the ImageSets lists (or every class mask), sorted."""
         if self._items is not None:
             return self._items
-        lists = sorted((self.folder / "ImageSets" / "Segmentation").glob("*.txt"))
-        items = []
-        for path in lists:
-            names = [n.strip() for n in _read_text(path, self.folder).splitlines() if n.strip()]
-            items += [(path.stem, n) for n in names]
-        if not lists:
-            items = [("", p.relative_to(self.folder / "SegmentationClass").with_suffix("").as_posix())
-                     for p in sorted((self.folder / "SegmentationClass").rglob("*.png"))]
+        lists = segmentation_lists(self.folder)
+        if lists is None:
+            items = [("", n) for n in mask_names(self.folder)]
+        else:
+            items = [(subset, n) for subset, names in lists for n in names]
         self._items = items
         for label, _ in self.labels:
             self.inv.labels[label] += 0
@@ -152,7 +265,7 @@ class CvatMaskBuilder(Builder):
     def inventory(self) -> Inventory:
         """The labels of labelmap.txt (no per-shape counts exist in this format)."""
         self.items()
-        self.inv.labels.update({name: 1 for name, _ in self.labels if name.lower() not in BACKGROUND})
+        self.inv.labels.update({name: 1 for name, _ in self.labels if name.strip().lower() not in BACKGROUND})
         return self.inv
 
     def load(self, item: tuple[str, str]) -> Record:
@@ -161,50 +274,10 @@ class CvatMaskBuilder(Builder):
         key = f"{subset}/{name}" if subset and subset != "default" else name
         where = self.folder / "ImageSets" / "Segmentation" / f"{subset}.txt" if subset else self.folder / "SegmentationClass"
         element = f"image {name[:200]!r}"
-        # The listed name (or a symlink on the way) must not lead out of the export.
-        folder = contained(self.folder, (self.folder / "JPEGImages" / name).parent, where=where, element=element)
-        stem = Path(name).name
         mask_path = contained(self.folder, self.folder / "SegmentationClass" / f"{name}.png", where=where, element=element)
-        # The usual extensions first: listing the folder for every item is quadratic in the images.
-        images = [p for p in (folder / f"{stem}{ext}" for ext in _USUAL) if p.is_file()][:1]
-        if not images and folder.is_dir():
-            # Compared by stem rather than globbed: names may hold glob characters such as '['.
-            images = sorted(p for p in folder.iterdir() if p.is_file() and p.stem == stem)
-        if not images:
-            raise SourceItemError("image not in the export (JPEGImages/)", path=self.folder / "JPEGImages" / name, reason="missing image")
-        record = Record(key=key, image=contained(self.folder, images[0], where=where, element=element))
+        record = Record(key=key, image=find_image(self.folder, name, where=where, element=element))
         if not mask_path.is_file():
             return record
         header_size(mask_path, what="mask")
-        arr = _read_mask(mask_path)
-        if arr.dtype.kind not in "uib" or arr.ndim not in (2, 3):
-            raise SourceItemError(f"mask must be an RGB or single-channel integer image, got {arr.dtype} {arr.shape}",
-                                  path=mask_path, reason="bad mask")
-        skipped: Counter = Counter()
-        if arr.ndim == 2:
-            codes = arr.astype(np.int64)
-            table = dict(enumerate(self.by_index))
-        else:
-            rgb = arr[..., :3].astype(np.int64)
-            codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-            table = self.by_colour
-        values, inverse = np.unique(codes, return_inverse=True)
-        inverse = inverse.reshape(codes.shape)
-        # One lookup array per category (value index -> id): linear in pixels plus colours, where a
-        # pass over the mask per colour was quadratic for masks with thousands of labels.
-        per_category: dict[str, np.ndarray] = {}
-        for v_index, v in enumerate(values.tolist()):
-            if v not in table:
-                skipped["colour not in labelmap.txt"] += 1
-                continue
-            target = table[v]
-            if target is None:
-                continue
-            category, ident = target
-            per_category.setdefault(category, np.zeros(len(values), np.uint16))[v_index] = ident
-        layers = {category: lookup[inverse] for category, lookup in per_category.items()}
-        record.pixel = {c: [layer] for c, layer in layers.items() if layer.any()}
-        used = {(c, int(i)) for c, lookup in per_category.items() for i in np.unique(lookup) if i}
-        record.names = {k: self.ids.names[k] for k in sorted(used)}
-        record.skipped = dict(skipped)
+        self.table.fill(record, _read_mask(mask_path), mask_path)
         return record

@@ -14,11 +14,16 @@ document order (later over earlier); ``<deleted>1`` objects are skipped; an obje
 least :data:`ALPHA_THRESHOLD` (the antialiased core is about 153), or, without alpha, any
 channel is non-zero. A ``<filename>`` or ``<segm><mask>`` that leads out of the collection (absolute,
 ``..``, a symlink) is never read: the image is skipped as ``path outside the input``.
+
+Detection: Pascal VOC annotations share the root ``<annotation>``; a folder whose sampled XML
+files hold VOC ``<bndbox>`` objects (or ``<size>``) and no LabelMe ``<polygon>``, ``<segm>`` or
+``<imagesize>`` is left to the ``voc`` builder.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,13 +62,42 @@ def _text(el: Element | None, tag: str) -> str:
     return (child.text or "").strip() if child is not None else ""
 
 
-def _is_labelme(path: Path | None) -> bool:
+_LABELME_TAGS = re.compile(rb"<(polygon|segm|imagesize)[\s/>]")
+_VOC_TAGS = re.compile(rb"<(bndbox|size)[\s/>]")
+#: How many annotation files detection looks at: a VOC file for an image without boxes looks like
+#: an empty LabelMe file, so one file alone cannot tell the two apart.
+_SAMPLE = 20
+
+
+def annotation_kind(path: Path | None) -> str | None:
+    """``"labelme"``, ``"voc"`` (Pascal VOC boxes) or ``"annotation"`` (root <annotation>, neither); None: not one.
+
+    Both formats have the root ``<annotation>``: LabelMe objects have ``<polygon>`` or ``<segm>``
+    and the image size is ``<imagesize>``; VOC objects have ``<bndbox>`` and the size is ``<size>``.
+    """
     try:
         with open(path, "rb") as f:  # type: ignore[arg-type]
-            head = f.read(512).lstrip()
+            data = f.read(65536)
     except (OSError, TypeError):  # None, a folder named *.xml, an unreadable file
-        return False
-    return b"<annotation>" in head or b"<annotation " in head
+        return None
+    if not (b"<annotation>" in data[:512] or b"<annotation " in data[:512]):
+        return None
+    # Whole tag names: VOC's <segmented> must not pass for LabelMe's <segm>.
+    if _LABELME_TAGS.search(data):
+        return "labelme"
+    if _VOC_TAGS.search(data):
+        return "voc"
+    return "annotation"
+
+
+def _kind_of(files: list[Path]) -> str | None:
+    """What a sample of annotation files is: LabelMe wins over VOC only by its own elements."""
+    kinds = {annotation_kind(p) for p in files[:_SAMPLE]}
+    if files and annotation_kind(files[0]) is None:
+        return None
+    if "labelme" in kinds:
+        return "labelme"
+    return "voc" if "voc" in kinds else ("labelme" if "annotation" in kinds else None)
 
 
 @register
@@ -76,16 +110,21 @@ class LabelMeBuilder(ExportBuilder):
 
     @classmethod
     def detect(cls, path: Path) -> Detection:
-        """``Annotations/`` with LabelMe XML, or XML files with root <annotation> in the folder."""
+        """``Annotations/`` with LabelMe XML, or LabelMe XML files in the folder; never Pascal VOC XML."""
         if not path.is_dir():
             return Detection.missing("a folder with Annotations/*.xml")
         ann = path / "Annotations"
-        first = next(iter(sorted(p for p in ann.rglob("*.xml") if p.is_file())), None) if ann.is_dir() else None
-        if first is not None and _is_labelme(first):
+        files = sorted(p for p in ann.rglob("*.xml") if p.is_file())[:_SAMPLE] if ann.is_dir() else []
+        kind = _kind_of(files)
+        if kind is None or kind == "voc":
+            flat = sorted(p for p in path.glob("*.xml") if p.is_file())[:_SAMPLE]
+            flat_kind = _kind_of(flat)
+            if flat_kind == "labelme":
+                return Detection.match(0.6)
+            if "voc" in (kind, flat_kind):
+                return Detection.missing("LabelMe XML (<polygon> or <segm> objects); these are Pascal VOC boxes (<bndbox>)")
+        if kind == "labelme":
             return Detection.match(0.9)
-        first = next(iter(sorted(p for p in path.glob("*.xml") if p.is_file())), None)
-        if first is not None and _is_labelme(first):
-            return Detection.match(0.6)
         return Detection.missing("Annotations/<folder>/*.xml (root <annotation>)")
 
     def _ann_root(self) -> Path:

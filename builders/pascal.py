@@ -13,7 +13,9 @@ annotation exists, so Context-only or Part-only folders work too. Looked up unde
   come from ``part2ind.m``, made readable, with left/right/front/back/upper/lower/side dropped and
   numbered parts (``wheel_3``) merged; silhouette-only classes add no part pixels. Source ids are
   per (class, part name) as Broden had them, so ``wheel`` of car and of bus merge by name.
-  See docs/decisions/pascal-part-names.md.
+  The file's indices are honoured as the devkit's ``mat2map`` uses them: keys a class gives one
+  index are one part, named after the first of them (in file order) with a readable name, and
+  index 0 is background (unlabeled). See docs/decisions/pascal-part-names.md.
 """
 
 from __future__ import annotations
@@ -99,26 +101,55 @@ def _split_comment(line: str) -> tuple[str, str]:
 
 _HEADER = re.compile(r"^\[\s*(\w+)\s*\]")
 _SILHOUETTE = re.compile(r"only has si\w*ouette", re.I)
-_ASSIGN = re.compile(r"^pimap\{([0-9]{1,4})\}\(\s*'([^']+)'\s*\)\s*=\s*[^;]+;$")
-_LOOP_ASSIGN = re.compile(r"^pimap\{([0-9]{1,4})\}\(\s*sprintf\(\s*'([^']*%d[^']*)'\s*,\s*(\w+)\s*\)\s*\)\s*=\s*[^;]+;$")
+_ASSIGN = re.compile(r"^pimap\{([0-9]{1,4})\}\(\s*'([^']+)'\s*\)\s*=\s*([^;]*);$")
+_LOOP_ASSIGN = re.compile(r"^pimap\{([0-9]{1,4})\}\(\s*sprintf\(\s*'([^']*%d[^']*)'\s*,\s*(\w+)\s*\)\s*\)\s*=\s*([^;]*);$")
 _FOR = re.compile(r"^for\s+(\w+)\s*=\s*([0-9]{1,4})\s*:\s*([0-9]{1,4})\s*$")
 _KEYS = re.compile(r"^(key|value)Set\s*=\s*\1s\(\s*pimap\{([0-9]{1,4})\}\s*\)\s*;$")
 _COPY = re.compile(r"^pimap\{([0-9]{1,4})\}\s*=\s*containers\.Map\(\s*keySet\s*,\s*valueSet\s*\)\s*;$")
 _REMOVE = re.compile(r"^remove\(\s*pimap\{([0-9]{1,4})\}\s*,\s*\{([^}]*)\}\s*\)\s*;$")
 _IGNORED = re.compile(r"^(function\b|end\b|pimap\s*=|pimap\{[A-Za-z_]\w*\}\s*=)")
+_NUMBER = re.compile(r"^[0-9]{1,4}$")
+_OFFSET = re.compile(r"^(?:([0-9]{1,4})\s*\+\s*(\w+)|(\w+)\s*\+\s*([0-9]{1,4}))$")
+
+
+@dataclass
+class _Entry:
+    """One key of one class map: its part index, readable source name and where it was assigned."""
+
+    index: int
+    name: str
+    order: tuple[int, int]
+
+
+def _index_value(text: str, loop: tuple[str, int, int] | None, k: int, path: Path, row: int) -> int:
+    """The part index an assignment gives: ``N``, or in a loop ``N + ii``, ``ii + N`` or ``ii``."""
+    text = text.strip()
+    if _NUMBER.match(text):
+        return int(text)
+    if loop is not None:
+        if text == loop[0]:
+            return k
+        if (m := _OFFSET.match(text)) and (m[2] or m[3]) == loop[0]:
+            return int(m[1] or m[4]) + k
+    allowed = "a whole number" + (f", {loop[0]}, or N + {loop[0]}" if loop else "")
+    raise SourceError(f"part index {text[:40]!r} is not {allowed}", path=path, row=row)
 
 
 def parse_part2ind(path: Path) -> PartTable:
-    """Read part2ind.m's MATLAB statements (maps, loops, copies, removals) into a :class:`PartTable`."""
+    """Read part2ind.m's MATLAB statements (maps, loops, copies, removals) into a :class:`PartTable`.
+
+    Keys that one class gives the same index are one part, named after the first of them in file
+    order that has a readable name (docs/decisions/pascal-part-names.md); index 0 is unlabeled.
+    """
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as e:
         raise SourceError(f"cannot read part2ind.m: {e}", path=path) from None
-    entries: dict[int, dict[str, str]] = {}
+    entries: dict[int, dict[str, _Entry]] = {}
     table = PartTable()
     header = 0
     loop: tuple[str, int, int] | None = None
-    copy_from: int | None = None
+    sources: dict[str, int] = {}
     for row, line in enumerate(lines, start=1):
         code, comment = _split_comment(line)
         if not code:
@@ -131,19 +162,26 @@ def parse_part2ind(path: Path) -> PartTable:
             continue
         if m := _FOR.match(code):
             loop = (m[1], int(m[2]), int(m[3]))
+        elif re.match(r"for\b", code):
+            raise SourceError(f"loop {code[:60]!r} not understood: expected 'for ii = A:B' with A and B up to 9999", path=path, row=row)
         elif code.rstrip(";") == "end":
             loop = None
         elif m := _ASSIGN.match(code):
-            entries.setdefault(int(m[1]), {})[m[2]] = comment or SHORT_NAMES.get(m[2], m[2])
+            index = _index_value(m[3], None, 0, path, row)
+            entries.setdefault(int(m[1]), {})[m[2]] = _Entry(index, comment or SHORT_NAMES.get(m[2], m[2]), (row, 0))
         elif (m := _LOOP_ASSIGN.match(code)) and loop and m[3] == loop[0]:
             base = m[2].replace("_%d", "").replace("%d", "")
             name = comment if comment and "multiple" not in comment.lower() else base
             for k in range(loop[1], loop[2] + 1):
-                entries.setdefault(int(m[1]), {})[m[2].replace("%d", str(k))] = name
+                index = _index_value(m[4], loop, k, path, row)
+                entries.setdefault(int(m[1]), {})[m[2].replace("%d", str(k))] = _Entry(index, name, (row, k))
         elif m := _KEYS.match(code):
-            copy_from = int(m[2])
-        elif (m := _COPY.match(code)) and copy_from is not None:
-            entries[int(m[1])] = dict(entries.get(copy_from, {}))
+            sources[m[1]] = int(m[2])
+        elif m := _COPY.match(code):
+            if set(sources) != {"key", "value"} or sources["key"] != sources["value"]:
+                raise SourceError("containers.Map(keySet, valueSet) without keySet and valueSet of one pimap{N} before it",
+                                  path=path, row=row)
+            entries[int(m[1])] = dict(entries.get(sources["key"], {}))
         elif m := _REMOVE.match(code):
             for key in re.findall(r"'([^']*)'", m[2]):
                 entries.get(int(m[1]), {}).pop(key, None)
@@ -153,15 +191,34 @@ def parse_part2ind(path: Path) -> PartTable:
         raise SourceError("no part definitions (pimap{N}('name') = ...) found", path=path)
     ids: dict[tuple[int, str], int] = {}
     for cls in sorted(entries):
-        for short, long_name in entries[cls].items():
-            name = readable(long_name)
+        names = _index_names(cls, entries[cls], path)
+        for short, entry in entries[cls].items():
+            name = names[entry.index]
             if not name:
-                table.codes[(cls, short)] = 0  # e.g. bus 'frontside': nothing left once adjectives go
+                table.codes[(cls, short)] = 0  # index 0, or e.g. bus 'frontside': nothing left once adjectives go
                 continue
             ident = ids.setdefault((cls, name), len(ids) + 1)
             table.codes[(cls, short)] = ident
             table.names[ident] = (name,)
     return table
+
+
+def _index_names(cls: int, entries: dict[str, _Entry], path: Path) -> dict[int, str]:
+    """The readable name of each part index of one class ('' = unlabeled)."""
+    members: dict[int, list[tuple[tuple[int, int], str, str]]] = {}
+    for short, entry in entries.items():
+        members.setdefault(entry.index, []).append((entry.order, short, readable(entry.name)))
+    names: dict[int, str] = {}
+    for index, group in members.items():
+        group.sort()
+        # The devkit paints index 0 into a zero-filled part mask: background.
+        names[index] = "" if index == 0 else next((name for _, _, name in group if name), "")
+        merged = sorted({name for _, _, name in group if name and name != names[index]})
+        if merged and index == 0:
+            log.info("%s: class %d parts at index 0 are unlabeled: %s", path, cls, ", ".join(merged))
+        elif merged:
+            log.info("%s: class %d part index %d is %r, merging %s", path, cls, index, names[index], ", ".join(merged))
+    return names
 
 
 def read_context_labels(path: Path) -> dict[int, str]:

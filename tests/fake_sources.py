@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,65 @@ def write_ade20k_2016(root: Path, objectnames: list[str], images: list[AdeImage]
         "wordnet_gloss": _cell(["" for _ in objectnames]),
     }
     scipy.io.savemat(base / "index_ade20k.mat", {"index": index}, do_compression=True)
+    return base
+
+
+@dataclass
+class AdeInstance:
+    """One annotated ADE instance: class id (1-based into the names), mask, and its ``_atr.txt`` fields."""
+
+    cls: int
+    mask: np.ndarray
+    raw: str = ""
+    occluded: int = 0
+    attributes: str = ""
+
+
+@dataclass
+class AdeAnnotatedImage:
+    """An ADE 2016 image given instance by instance: ``levels[0]`` objects, ``levels[N]`` parts of level N."""
+
+    stem: str
+    folder: str
+    scene: str
+    pixels: np.ndarray
+    levels: list[list[AdeInstance]]
+
+    def classes(self, level: int) -> np.ndarray:
+        """The class map of one level, instances painted in order (later over earlier)."""
+        out = np.zeros(self.pixels.shape[:2], np.int32)
+        for inst in self.levels[level]:
+            out[inst.mask] = inst.cls
+        return out
+
+
+def write_ade20k_2016_annotated(root: Path, objectnames: list[str], images: list[AdeAnnotatedImage], *, index: bool = True) -> Path:
+    """Lay out ``root/ADE20K_2016_07_26`` as :func:`write_ade20k_2016` does, with real instances.
+
+    Each level's PNG holds the instances in B, the k-th instance of a level having the k-th
+    smallest non-zero B value (loadAde20K.m numbers instances by the rank of their B value); the
+    values step by 9 so that a reader using the values themselves goes wrong. ``_atr.txt`` lists
+    every instance of every level, ``NNN # level # occluded # WordNet name # raw name # "attributes"``,
+    objects first, as the release's files do. ``index=False`` leaves out ``index_ade20k.mat``.
+    """
+    plain = [AdeImage(im.stem, im.folder, im.scene, im.pixels, im.classes(0), [im.classes(n) for n in range(1, len(im.levels))])
+             for im in images]
+    base = write_ade20k_2016(root, objectnames, plain)
+    for im in images:
+        folder = base / "images" / im.folder
+        rows = []
+        for level, instances in enumerate(im.levels):
+            blue = np.zeros(im.pixels.shape[:2], np.uint8)
+            for k, inst in enumerate(instances, start=1):
+                blue[inst.mask] = 3 + 9 * k
+                name = objectnames[inst.cls - 1]
+                rows.append(f"{k:03d} # {level} # {inst.occluded} # {name} # {inst.raw or name.split(',')[0]} # \"{inst.attributes}\"")
+            rgb = ade_encode(im.classes(level))
+            rgb[..., 2] = blue
+            Image.fromarray(rgb).save(folder / (f"{im.stem}_seg.png" if level == 0 else f"{im.stem}_parts_{level}.png"))
+        (folder / f"{im.stem}_atr.txt").write_text("\n".join(rows) + "\n")
+    if not index:
+        (base / "index_ade20k.mat").unlink()
     return base
 
 
@@ -337,6 +397,79 @@ def render_part2ind(spec: list = PART2IND) -> str:
                 out.append(f"% only has {st[1]} mask ")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+# How the release writes each class's loops: the value expression and the sprintf spacing differ by class.
+_RELEASE_LOOP_STYLE = {"aeroplane": ("{offset}+ii", ", "), "bus": ("{offset} + ii", ","), "train": ("{offset} + ii", ",")}
+
+
+def part2ind_as_released(spec: list = PART2IND, values: dict[tuple[int, str], str] | None = None,
+                         extra: dict[int, list[str]] | None = None) -> str:
+    """part2ind.m with the release's own layout: its header, padded values, tabs, trailing spaces,
+    ``10+ii`` and ``sprintf('door_%d',ii)`` loops, multi-line copy comments and blank-line groups.
+
+    ``values`` replaces the index expression of an assignment, as a user editing the file does:
+    ``{(15, "leye"): "1"}`` for a key, ``{(1, "engine_%d"): "11"}`` for a loop pattern.
+    ``extra`` appends statement lines at the end of a class's section (class index -> lines).
+    """
+    values = values or {}
+    out = ["function pimap = part2ind()", "% Define the part index of each objects. ",
+           "% Parts can be merged by giving them one index, for example the left lower and upper leg:",
+           "% pimap{15}('llleg')      = 19;               % left lower leg",
+           "% pimap{15}('luleg')      = 19;               % left upper leg", "",
+           "pimap = cell(20, 1);                    ",
+           "% One part index map per PASCAL VOC class, in the standard VOC order. ",
+           "for ii = 1:20", "    pimap{ii} = containers.Map('KeyType','char','ValueType','int32');", "end", ""]
+    for k, (name, statements) in enumerate(spec, start=1):
+        out.append(f"% [{name}]")
+        value = 1
+        expr, comma = _RELEASE_LOOP_STYLE.get(name, ("{offset} + ii", ", "))
+        for st in statements:
+            if st[0] == "part":
+                code = f"pimap{{{k}}}('{st[1]}')"
+                text = values.get((k, st[1]), str(value))
+                line = f"{code}{' ' * max(1, 24 - len(code))}= {text};"
+                pad = " " * max(1, 44 - len(line))
+                # Person's leg rows and train's head rows put a tab before the comment, as the release does.
+                tab = "\t" if (name == "person" and value >= 19) or name == "train" else ""
+                out.append(f"{line}{pad}{tab}% {st[2]}" if st[2] else f"{line}{pad}")
+                if name == "person" and st[1] in ("hair", "rhand"):
+                    out.append("")  # the release groups head, body and legs with blank lines
+                value += 1
+            elif st[0] == "loop":
+                pattern = f"{st[1]}_%d"
+                text = values.get((k, pattern), expr.format(offset=st[3]))
+                comment = f" % {st[4]}" if st[4] else ""
+                if name == "train":
+                    out.append("")
+                out += [f"for ii = 1:{st[2]}", f"    pimap{{{k}}}(sprintf('{pattern}'{comma}ii)) = {text};{comment}", "end"]
+            elif st[0] == "copy":
+                out += [f"keySet = keys(pimap{{{st[1]}}});", f"valueSet = values(pimap{{{st[1]}}});",
+                        f"pimap{{{k}}} = containers.Map(keySet, valueSet);         \t% {st[2]} "]
+                if name == "dog":
+                    out += [" " * 44 + "\t\t% except for the additional", " " * 44 + "\t\t% muzzle"]
+                if name == "horse":
+                    out.append(" " * 56 + "% except it has hoof instead of horn")
+                value = 20 if name == "dog" else 30
+            elif st[0] == "remove":
+                out.append(f"remove(pimap{{{k}}}, {{{', '.join(repr(c) for c in st[1])}}});")
+            elif st[0] == "silhouette":
+                out.append(f"% only has {st[1]} mask ")
+        out += (extra or {}).get(k, [])
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def edit_part2ind_values(text: str, values: dict[tuple[int, str], str]) -> str:
+    """Change the index of assignments in any part2ind.m text, line by line, as an editor would."""
+    lines = text.split("\n")
+    for (cls, key), value in values.items():
+        quoted = re.escape(f"'{key}'")
+        pattern = re.compile(rf"^(\s*pimap\{{{cls}\}}\((?:sprintf\()?{quoted}[^=]*=\s*)[^;]+;")
+        hits = [i for i, line in enumerate(lines) if pattern.match(line)]
+        assert len(hits) == 1, f"pimap{{{cls}}}({key!r}) found on {len(hits)} lines"
+        lines[hits[0]] = pattern.sub(lambda m: f"{m[1]}{value};", lines[hits[0]])
+    return "\n".join(lines)
 
 
 def context_labels(count: int = 459) -> dict[int, str]:

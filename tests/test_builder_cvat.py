@@ -282,3 +282,38 @@ def test_shipped_example_builds(tmp_path: Path) -> None:
     assert parts[85, 120] == "eye" and parts[175, 185] == "nose"
     assert "mast" not in ds.label_names() and "whiskers" not in ds.label_names()
     assert_valid(out)
+
+
+def _cvat_export_rule(points: list[tuple[float, float]], h: int, w: int) -> np.ndarray:
+    """CVAT's Segmentation mask export: datumaro polygons_to_masks/boxes_to_masks, i.e. pycocotools."""
+    from pycocotools import mask as cocomask
+
+    rle = cocomask.frPyObjects([[v for p in points for v in p]], h, w)
+    return cocomask.decode(cocomask.merge(rle)).astype(bool)
+
+
+def _rotated_box(x0: float, y0: float, x1: float, y1: float, degrees: float) -> list[tuple[float, float]]:
+    """CVAT's RotatedBoxesToPolygons: the corners rotated about the centre by ``rotation`` degrees."""
+    import math
+
+    a, cx, cy = math.radians(degrees), (x0 + x1) / 2, (y0 + y1) / 2
+    return [(cx + math.cos(a) * (x - cx) - math.sin(a) * (y - cy), cy + math.sin(a) * (x - cx) + math.cos(a) * (y - cy))
+            for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+
+
+def test_polygons_and_boxes_follow_cvats_mask_export(tmp_path: Path) -> None:
+    h, w = 30, 36
+    poly = [(2.6, 1.3), (30.2, 4.8), (25.5, 27.4), (6.1, 20.9)]
+    root = tmp_path / "frac"
+    write_cvat_xml(root / "annotations.xml", [{"name": "a.png", "width": w, "height": h, "shapes": [
+        ("polygon", {"label": "wall", "occluded": 0, "z_order": 0, "points": ";".join(f"{x},{y}" for x, y in poly)}, {}),
+        ("box", {"label": "sign", "occluded": 0, "z_order": 1, "xtl": 8.3, "ytl": 9.6, "xbr": 27.7, "ybr": 15.2, "rotation": 33.0}, {}),
+        ("box", {"label": "door", "occluded": 0, "z_order": 2, "xtl": 0.5, "ytl": 22.4, "xbr": 7.5, "ybr": 29.6}, {}),
+    ]}])
+    save_image(root / "images" / "a.png", rgb(h, w))
+    r = CvatBuilder(root).load(0)
+    expected = np.full((h, w), "", object)
+    for name, points in (("wall", poly), ("sign", _rotated_box(8.3, 9.6, 27.7, 15.2, 33.0)),
+                         ("door", [(0.5, 22.4), (7.5, 22.4), (7.5, 29.6), (0.5, 29.6)])):
+        expected[_cvat_export_rule(points, h, w)] = name
+    assert (_names(r, "object", r.pixel["object"][0]) == expected).all()

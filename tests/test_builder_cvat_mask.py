@@ -121,3 +121,89 @@ def test_mapping_category_color_clashes_with_the_computed_colour(export: Path, t
     assert_one_error(out, "m.yaml", "color", code=2)
     ok = invoke(["build", "--from", f"cvat-mask={export}", "--concepts", mapping, "-o", tmp_path / "out", "--workers", "1", "--no-color"])
     assert ok.code == 0, ok.stderr
+
+
+VOID = (224, 224, 192)  # the VOC devkit colour of index 255
+
+
+def _void_export(root: Path, labelmap: str) -> Path:
+    """A VOC-style export whose mask draws void (224,224,192) along the cat's outline, as VOC does."""
+    (root / "SegmentationClass").mkdir(parents=True)
+    (root / "labelmap.txt").write_text(labelmap)
+    seg = np.zeros((H, W, 3), np.uint8)
+    seg[1:5, 1:6] = VOID
+    seg[2:4, 2:5] = COLOURS["cat"]
+    Image.fromarray(seg).save(root / "SegmentationClass" / "a.png")
+    save_image(root / "JPEGImages" / "a.jpg", rgb(H, W))
+    return root
+
+
+def _cat_only() -> np.ndarray:
+    want = np.full((H, W), "", object)
+    want[2:4, 2:5] = "cat"
+    return want
+
+
+@pytest.mark.parametrize("void_line", ["ignored:224,224,192::\n", "void:224,224,192::\n", " Ignored :224,224,192::\n", ""])
+def test_void_is_unlabeled_like_background(tmp_path: Path, void_line: str) -> None:
+    """Named ``ignored``/``void`` in labelmap.txt (CVAT/Datumaro), or not listed at all: no concept, no skip."""
+    root = _void_export(tmp_path / "e", "# label:color_rgb:parts:actions\nbackground:0,0,0::\ncat:250,50,83::\n" + void_line)
+    b = CvatMaskBuilder(root)
+    r = b.load(b.items()[0])
+    names = {i: n[0] for (c, i), n in r.names.items()}
+    got = np.vectorize(lambda i: names.get(int(i), ""), otypes=[object])(r.pixel["object"][0])
+    assert (got == _cat_only()).all() and set(names.values()) == {"cat"} and r.skipped == {}
+    assert {n for n, count in b.inventory().labels.items() if count} == {"cat"}  # the starter mapping offers no void
+
+
+def test_void_elsewhere_and_in_single_channel_masks(tmp_path: Path) -> None:
+    # A label named void with a colour of its own: that colour is unlabeled too.
+    root = _void_export(tmp_path / "e", "background:0,0,0::\ncat:250,50,83::\nvoid:10,20,30::\n")
+    seg = np.asarray(Image.open(root / "SegmentationClass" / "a.png")).copy()
+    seg[0] = (10, 20, 30)
+    Image.fromarray(seg).save(root / "SegmentationClass" / "a.png")
+    r = CvatMaskBuilder(root).load(("", "a"))
+    assert r.skipped == {} and {n[0] for n in r.names.values()} == {"cat"}
+    # 1-channel masks hold line indices; 255 is VOC's void index, not a missing line.
+    idx = np.zeros((H, W), np.uint8)
+    idx[1:5, 1:6] = 255
+    idx[2:4, 2:5] = 1
+    Image.fromarray(idx, "L").save(root / "SegmentationClass" / "a.png")
+    r = CvatMaskBuilder(root).load(("", "a"))
+    got = np.vectorize(lambda i: r.names[("object", int(i))][0] if i else "", otypes=[object])(r.pixel["object"][0])
+    assert (got == _cat_only()).all() and r.skipped == {}
+
+
+def test_a_label_given_the_void_colour_keeps_it(tmp_path: Path) -> None:
+    """labelmap.txt is explicit: a real label whose CVAT colour happens to be 224,224,192 stays that label."""
+    root = _void_export(tmp_path / "e", "background:0,0,0::\ncat:250,50,83::\nfence:224,224,192::\n")
+    r = CvatMaskBuilder(root).load(("", "a"))
+    got = np.vectorize(lambda i: r.names[("object", int(i))][0] if i else "", otypes=[object])(r.pixel["object"][0])
+    want = np.full((H, W), "", object)
+    want[1:5, 1:6] = "fence"
+    want[2:4, 2:5] = "cat"
+    assert (got == want).all()
+
+
+def test_void_build_via_cli_has_no_boundary_concept(tmp_path: Path) -> None:
+    from hostile import invoke
+
+    root = _void_export(tmp_path / "e", "# label:color_rgb:parts:actions\nbackground:0,0,0::\ncat:250,50,83::\nignored:224,224,192::\n")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "default.txt").write_text("a\n")
+    assert builders.detect(root) is CvatMaskBuilder
+    out = tmp_path / "out"
+    result = invoke(["build", "--from", root, "-o", out, "--workers", "1", "--no-color"])
+    assert result.code == 0, result.stderr
+    (layer,) = label_layers(out, "a.jpg", "object")
+    assert (layer == _cat_only()).all()
+    assert "ignored" not in (out / "label.csv").read_text()
+    check = invoke(["validate", out])
+    assert check.code == 0, check.stdout + check.stderr
+
+
+def test_union_lists_are_read_once(export: Path) -> None:
+    """A VOC-style trainval.txt repeating train and val does not read any image twice."""
+    sets = export / "ImageSets" / "Segmentation"
+    (sets / "trainval.txt").write_text("field\nfolder/plain\npalette\n")
+    assert CvatMaskBuilder(export).items() == [("train", "field"), ("train", "folder/plain"), ("val", "palette")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 from pathlib import Path
 
@@ -12,7 +14,18 @@ import scipy.io
 from concepts import builders
 from concepts.builders.pascal import CONTEXT_59_NAMES, PascalBuilder, parse_part2ind, read_context_labels
 from concepts.errors import SourceError, SourceItemError, UsageError
-from fake_sources import PartObject, PascalImage, context_labels, photo, render_part2ind, write_pascal, write_v73_header
+from fake_sources import (
+    PartObject,
+    PascalImage,
+    context_labels,
+    edit_part2ind_values,
+    part2ind_as_released,
+    photo,
+    render_part2ind,
+    write_pascal,
+    write_v73_header,
+)
+from hostile import assert_one_error, invoke
 
 H, W = 20, 30
 
@@ -190,3 +203,157 @@ def test_context_only_and_part_only_folders(tmp_path: Path) -> None:
     assert "Pascal-Part" in PascalBuilder.detect(root).unmet[0]
     with pytest.raises(SourceError):
         PascalBuilder(root)
+
+
+# -- part2ind.m indices: parts that share an index are one part ------------------------------------
+
+#: sha256 of the table the parser gave for the unmodified part2ind.m before it read the indices
+#: (commit 642affe): 384 (class, key) codes, 107 part ids. The release's own file, read locally,
+#: gives the same table; both fixture layouts reproduce its statements and indices.
+TODAYS_TABLE = "8d04ba2e043f0f611a28102b1da5b57f2bcc081137528ee8e8cb771a66480aeb"
+
+
+def _digest(table) -> str:
+    canonical = {"codes": sorted([c, k, v] for (c, k), v in table.codes.items()),
+                 "names": sorted([i, list(n)] for i, n in table.names.items()),
+                 "silhouette": sorted(table.silhouette), "classes": sorted(table.classes.items())}
+    return hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode()).hexdigest()
+
+
+def _parse(tmp_path: Path, text: str):
+    path = tmp_path / "part2ind.m"
+    path.write_text(text)
+    return parse_part2ind(path)
+
+
+@pytest.mark.parametrize("text", [render_part2ind(), part2ind_as_released()], ids=["compact", "as-released"])
+def test_unmodified_part2ind_gives_todays_parts(tmp_path: Path, text: str) -> None:
+    table = _parse(tmp_path, text)
+    assert len(table.codes) == 384 and len(table.names) == 107
+    assert _digest(table) == TODAYS_TABLE
+
+
+HEAD = ("head", "leye", "reye", "lear", "rear", "lebrow", "rebrow", "nose", "mouth", "hair")
+# A user's copy: the person's head parts under the head's index, the neck with the torso, the left
+# hand with the left lower arm (the file's own example is llleg = luleg = 19), bicycle headlights
+# dropped (index 0, which the devkit paints as background), all aeroplane engines one index, the
+# cat's eyes with its head (the dog copies the cat after the edit), and the bus's front side
+# sharing the front licence plate's index (the first key of that index has no readable name).
+MERGES = {**{(15, k): "1" for k in HEAD}, (15, "neck"): "11", (15, "lhand"): "13", (15, "luleg"): "19",
+          (2, "headlight_%d"): "0", (1, "engine_%d"): "11", (8, "leye"): "1", (8, "reye"): "1",
+          (6, "fliplate"): "1"}
+
+
+def _name_of(table, cls: int, key: str) -> str | None:
+    code = table.codes[(cls, key)]
+    return table.names[code][0] if code else None
+
+
+def test_part2ind_parts_sharing_an_index_are_one_part(tmp_path: Path) -> None:
+    table = _parse(tmp_path, part2ind_as_released(values=MERGES))
+    head = table.codes[(15, "head")]
+    assert {table.codes[(15, k)] for k in HEAD} == {head} and table.names[head] == ("head",)
+    assert table.codes[(15, "neck")] == table.codes[(15, "torso")] and _name_of(table, 15, "neck") == "torso"
+    assert _name_of(table, 15, "lhand") == "arm" and _name_of(table, 15, "rhand") == "hand"  # only the left one merged
+    assert _name_of(table, 15, "luleg") == "leg"
+    assert {table.codes[(2, f"headlight_{k}")] for k in range(1, 11)} == {0}
+    assert {table.codes[(1, f"engine_{k}")] for k in range(1, 11)} == {table.codes[(1, "engine_1")]} != {0}
+    assert _name_of(table, 8, "reye") == "head" and _name_of(table, 12, "leye") == "head"  # the copy keeps the merge
+    assert _name_of(table, 12, "muzzle") == "muzzle"
+    # 'front side' reads as nothing; the index takes the next key's name, for car (a copy) too.
+    assert _name_of(table, 6, "frontside") == _name_of(table, 7, "fliplate") == "license plate"
+    # Nothing else moved: every other key keeps today's name.
+    today = _parse(tmp_path, part2ind_as_released())
+    changed = {key for key in today.codes if _name_of(today, *key) != _name_of(table, *key)}
+    merged_keys = {(c, k) for c, k in MERGES if "%d" not in k}
+    merged_keys |= {(12, "leye"), (12, "reye"), (6, "frontside"), (7, "frontside"), (7, "fliplate")}
+    assert changed <= merged_keys | {(2, f"headlight_{k}") for k in range(1, 11)}
+    # The same edit made line by line on the compact layout reads the same.
+    assert _digest(_parse(tmp_path, edit_part2ind_values(render_part2ind(), MERGES))) == _digest(table)
+
+
+def test_part2ind_reassigned_key_moves_to_its_new_index(tmp_path: Path) -> None:
+    # A later line gives a key another index (containers.Map overwrites): it joins that part.
+    text = part2ind_as_released(extra={15: ["pimap{15}('hair')       = 11;"]})
+    table = _parse(tmp_path, text)
+    assert table.codes[(15, "hair")] == table.codes[(15, "torso")]
+    assert _name_of(table, 15, "head") == "head"
+
+
+@pytest.mark.parametrize("value, why", [("head_index", "'head_index' is not a whole number"),
+                                        ("-3", "'-3' is not a whole number"),
+                                        ("2 * ii", "'2 * ii' is not a whole number, ii, or N + ii")])
+def test_part2ind_index_not_understood_names_the_line(tmp_path: Path, value: str, why: str) -> None:
+    key = (15, "leye") if "ii" not in value else (1, "engine_%d")
+    text = part2ind_as_released(values={key: value})
+    row = next(i for i, line in enumerate(text.splitlines(), 1) if value in line and line.startswith(("pimap", "    pimap")))
+    with pytest.raises(SourceError) as err:
+        _parse(tmp_path, text)
+    assert err.value.row == row and why in str(err.value)
+
+
+def test_part2ind_loop_not_understood_names_the_line(tmp_path: Path) -> None:
+    text = part2ind_as_released().replace("for ii = 1:10\n", "for ii = 1:numel(engines)\n", 1)
+    row = text.splitlines().index("for ii = 1:numel(engines)") + 1
+    with pytest.raises(SourceError, match="expected 'for ii = A:B'") as err:
+        _parse(tmp_path, text)
+    assert err.value.row == row
+
+
+def test_part2ind_copy_without_its_key_and_value_sets(tmp_path: Path) -> None:
+    text = part2ind_as_released().replace("valueSet = values(pimap{8});", "valueSet = values(pimap{6});")
+    row = text.splitlines().index("pimap{12} = containers.Map(keySet, valueSet);         \t% dog has the same set of parts with cat, ") + 1
+    with pytest.raises(SourceError, match="keySet and valueSet") as err:
+        _parse(tmp_path, text)
+    assert err.value.row == row
+
+
+def _merge_scene() -> tuple[list[PascalImage], dict[str, np.ndarray]]:
+    """A person and a bicycle whose part pixels are known, drawn part by part."""
+    masks: dict[str, np.ndarray] = {}
+
+    def box(name: str, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        m = np.zeros((H, W), bool)
+        m[top:bottom, left:right] = True
+        masks[name] = m
+        return m
+
+    person = box("person", 0, 20, 0, 14)
+    bike = box("bicycle", 0, 20, 16, 30)
+    parts = [("head", box("head", 0, 5, 2, 12)), ("leye", box("leye", 2, 3, 4, 6)), ("hair", box("hair", 0, 1, 2, 12)),
+             ("neck", box("neck", 5, 6, 5, 9)), ("torso", box("torso", 6, 14, 2, 12)), ("lhand", box("lhand", 14, 16, 0, 2)),
+             ("llarm", box("llarm", 10, 14, 0, 2)), ("rhand", box("rhand", 14, 16, 12, 14)), ("llleg", box("llleg", 16, 20, 2, 6))]
+    bike_parts = [("fwheel", box("fwheel", 12, 20, 16, 22)), ("headlight_3", box("headlight_3", 2, 4, 26, 28))]
+    objects = [PartObject("person", person, parts), PartObject("bicycle", bike, bike_parts)]
+    return [PascalImage("2010_000001", photo(H, W, 7), None, objects)], masks
+
+
+def test_edited_part2ind_builds_merged_parts_with_the_cli(tmp_path: Path) -> None:
+    from concepts import open_dataset
+
+    images, masks = _merge_scene()
+    root = write_pascal(tmp_path / "pascal", images)
+    (root / "part" / "part2ind.m").write_text(part2ind_as_released(values=MERGES))
+    out = invoke(["build", "--from", f"pascal={root}", "-o", tmp_path / "out", "--workers", "1", "--no-color"])
+    assert out.code == 0, out.stderr
+    ds = open_dataset(tmp_path / "out")
+    lookup = {label.name: n for n, label in ds.labels.items()}
+    assert {"eye", "hair", "neck"}.isdisjoint(lookup) and "headlight" not in lookup
+    # By construction: each part painted in order with the name of its index in the edited file.
+    expected = np.zeros((H, W), np.int32)
+    for key, name in (("head", "head"), ("leye", "head"), ("hair", "head"), ("neck", "torso"), ("torso", "torso"),
+                      ("lhand", "arm"), ("llarm", "arm"), ("rhand", "hand"), ("llleg", "leg"), ("fwheel", "wheel")):
+        expected[masks[key]] = lookup[name]
+    sample = next(iter(ds))
+    np.testing.assert_array_equal(ds.load_labels(sample, "part")[0], expected)
+    assert ds.labels[lookup["head"]].categories == {"part": 1}
+
+
+def test_part2ind_not_understood_is_one_cli_error(tmp_path: Path) -> None:
+    images, _ = _merge_scene()
+    root = write_pascal(tmp_path / "pascal", images)
+    text = part2ind_as_released(values={(15, "neck"): "pimap{15}('torso')"})
+    row = next(i for i, line in enumerate(text.splitlines(), 1) if line.startswith("pimap{15}('neck')"))
+    (root / "part" / "part2ind.m").write_text(text)
+    out = invoke(["build", "--from", f"pascal={root}", "-o", tmp_path / "out", "--workers", "1"])
+    assert_one_error(out, "part2ind.m", f"row {row}", "is not a whole number")
