@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from concepts.broden.reader import ConceptDataset
+from concepts.listing import shorten
+
+#: Image and segmentation sizes named in the header before "... and N more".
+SIZES_SHOWN = 4
 
 
 @dataclass
@@ -38,6 +42,22 @@ class DatasetSummary:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form of the summary."""
         return asdict(self)
+
+    def header_lines(self, sizes: int = SIZES_SHOWN) -> list[str]:
+        """The text header: counts, splits and sizes, each list ending with "... and N more" when cut."""
+        return [
+            f"{self.dataset}: {self.images} images, {self.labels} labels, {len(self.categories)} categories",
+            "splits:   " + shorten(f"{k} {v}" for k, v in self.splits.items()),
+            "images:   " + shorten((f"{k} ({v})" for k, v in self.image_sizes.items()), sizes),
+            "labels:   " + shorten((f"{k} ({v})" for k, v in self.segmentation_sizes.items()), sizes),
+            "",
+        ]
+
+    def table_title(self, which: str) -> str:
+        """Title of the ``"most"`` or ``"least"`` frequent concepts table, saying how many of all it shows."""
+        rows = self.most_frequent if which == "most" else self.least_frequent
+        shown = f" ({len(rows)} of {self.labels})" if len(rows) < self.labels else ""
+        return f"{which} frequent concepts{shown}"
 
 
 def summarize(ds: ConceptDataset, top: int = 10, name: str | Path | None = None) -> DatasetSummary:

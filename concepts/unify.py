@@ -3,11 +3,18 @@
 Two passes over the items, both in worker processes:
 
 1. *stage*: load the record, decode and resize the image to JPEG, name every pixel's colour, count
-   each source label's frequency and coverage on the unscaled annotations, and keep each label
-   layer resized (nearest) to the segmentation size as source ids, appended to the worker's
-   spool file (one scratch file per process, not one per image: creating files is costly);
+   each source label's frequency and coverage on the unscaled annotations (the inputs of the
+   name claiming, A.8), and keep each label layer resized (nearest) to the segmentation size as
+   source ids, appended to the worker's spool file (one scratch file per process, not one per
+   image: creating files is costly), with the source labels present in those resized layers;
 2. *encode*: once every statistic is known and labels are numbered, map the staged layers to
    unified numbers and write the RG-encoded PNGs.
+
+Between the passes the parent resolves names and counts each unified label on the images: from
+every item's set of source labels present in its written layers, an image counts once per label
+and category however many merged source labels it holds (see :mod:`concepts.vocabulary`). The
+filters use these counts and ``label.csv`` reports them, so they match what the written label
+maps hold, and ``concepts validate`` can recount them exactly.
 
 Everything is written into a temporary folder beside the target and renamed into place only when
 complete; results are gathered in item order, so the output does not depend on the worker count.
@@ -33,7 +40,7 @@ import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +53,10 @@ from concepts import progress
 from concepts.broden import format as fmt
 from concepts.broden.writer import IndexRow, write_readme, write_syns, write_tables
 from concepts.colors import COLOR_CATEGORY, COLOR_LABEL_NAMES, COLOR_SOURCE, color_ids
-from concepts.errors import ConceptsError, SourceItemError, UsageError, WorkerDiedError
+from concepts.errors import ConceptsError, SourceError, SourceItemError, UsageError, WorkerDiedError
 from concepts.labelcount import forget as forget_counts
 from concepts.labelcount import label_counts
+from concepts.listing import shorten
 from concepts.limits import apply_to_pillow  # noqa: F401  (Pillow refuses images above the pixel limit)
 from concepts.staging import guard_target, staged_output, write_failed
 from concepts.vocabulary import Numbering, Vocabulary
@@ -126,6 +134,8 @@ class _Staged:
     image_level: dict[str, list[int]] = field(default_factory=dict)
     stats: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
     names: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
+    # Source labels present in the resized (written) layers and the fraction of them they cover.
+    present: dict[tuple[str, int], float] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     error: tuple[str, str, str] | None = None  # (path, reason, message)
     spool: tuple[str, int, str] | None = None  # (spool file name, byte offset, dtype) of the layers
@@ -328,7 +338,12 @@ def _stage_item(task: tuple[int, int, Any]) -> _Staged:
                 area = float(layer.size)
                 for i, c in zip(ids.tolist(), counts.tolist()):
                     seen[i] = seen.get(i, 0.0) + c / area
-                staged_layers.append(_resize_nearest(layer, (sh, sw)))
+                small = _resize_nearest(layer, (sh, sw))
+                # Unresized, `small` is `layer` and its counts are remembered: counting is free.
+                ids, counts = label_counts(small)
+                for i, c in zip(ids.tolist(), counts.tolist()):
+                    out.present[(category, i)] = out.present.get((category, i), 0.0) + c / float(sh * sw)
+                staged_layers.append(small)
                 out.layers.append((category, 1))
             for i, cov in seen.items():
                 if (category, i) not in out.names:
@@ -508,6 +523,8 @@ def build_dataset(sources: Sequence[Builder], out: str | Path, options: BuildOpt
         staged: list[_Staged] = _run(_stage, tasks, workers, sources, work, options, None, "staging", "img")
 
         skipped: Counter = Counter()
+        for source in sources:
+            skipped.update(source.summary())  # images left out while listing (Cityscapes' test split)
         skipped_items = []
         annotations_skipped: Counter = Counter()
         vocab = Vocabulary(synonyms=options.synonyms, ascii_only=options.ascii_names)
@@ -527,11 +544,19 @@ def build_dataset(sources: Sequence[Builder], out: str | Path, options: BuildOpt
                 skipped["no data"] += 1
                 continue
             for (category, ident), (freq, cov) in st.stats.items():
-                src = COLOR_SOURCE if category == COLOR_CATEGORY else source.key
-                vocab.add((src, category, ident), st.names[(category, ident)], freq, cov)
+                vocab.add(_triple(source.key, category, ident), st.names[(category, ident)], freq, cov)
+            vocab.add_image([(_triple(source.key, c, i), cov) for (c, i), cov in st.present.items()],
+                            [_triple(source.key, c, i) for c, ids in st.image_level.items() for i in ids])
+            # The vocabulary holds what it needs; only the layers' whereabouts are kept.
+            st.stats, st.names, st.present = {}, {}, {}
             kept.append(st)
+        if not kept:
+            raise _nothing_built(len(tasks), skipped, skipped_items)
         numbering = vocab.resolve(min_frequency=options.min_frequency, min_coverage=options.min_coverage)
         if not numbering.labels:
+            missing = skipped.get(MISSING_IMAGE, 0)
+            if missing and 2 * missing >= len(tasks):
+                raise _nothing_built(len(tasks), skipped, skipped_items)
             raise UsageError("no label survived; nothing to write", hint="check the sources and the --min-frequency/--min-coverage filters")
         luts = _lookup_tables(numbering)
 
@@ -580,6 +605,39 @@ def build_dataset(sources: Sequence[Builder], out: str | Path, options: BuildOpt
     )
     log.info("wrote %d images, %d labels in %.1f s to %s", len(rows), summary.labels, summary.seconds, out)
     return summary
+
+
+def _triple(source_key: str, category: str, ident: int) -> tuple[str, str, int]:
+    """The source label of an id: colour ids belong to the one shared colour source."""
+    return (COLOR_SOURCE if category == COLOR_CATEGORY else source_key, category, ident)
+
+
+#: The reason builders give when an item's image file is not where its annotation says.
+MISSING_IMAGE = "missing image"
+
+
+def _nothing_built(items: int, skipped: Counter, skipped_items: list[tuple[str, str, str]]) -> ConceptsError:
+    """The error of a build left with nothing to write, saying why: missing images first, then the other skips."""
+    missing = skipped.get(MISSING_IMAGE, 0)
+    if missing:
+        # Builders name the path they looked for; its folders say where images were expected.
+        folders = Counter(str(Path(path).parent) for path, reason, _ in skipped_items if reason == MISSING_IMAGE)
+        where = shorten(f"{folder} ({n})" if len(folders) > 1 else folder for folder, n in folders.most_common())
+        example = next(path for path, reason, _ in skipped_items if reason == MISSING_IMAGE)
+        others = {r: n for r, n in skipped.items() if r != MISSING_IMAGE}
+        rest = f"; {_reasons(others)}" if others else ""
+        return SourceError(f"{missing} of {items} item(s) were skipped because their image is missing{rest}; "
+                           f"images were looked for in {where} (e.g. {example}); nothing to write",
+                           hint="put the images where the annotations name them, or build from the folder that holds them")
+    if skipped:
+        return UsageError(f"no label survived: all {items} item(s) were skipped ({_reasons(skipped)}); nothing to write",
+                          hint="the warnings above name each skipped item")
+    return UsageError("no label survived: the sources hold no item with labels; nothing to write",
+                      hint="check the sources")
+
+
+def _reasons(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 @contextlib.contextmanager

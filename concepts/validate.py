@@ -6,7 +6,10 @@ every image and label PNG in a thread pool (Pillow and NumPy release the GIL whi
 checks pixels against the tables. Nothing outside the dataset is read: a symlink leading out of it
 is an error (``symlink-outside``) and is never followed, and an invalid category name (``bad-name``)
 never becomes a ``c_<name>.csv`` path. Numbers are ASCII only, coverages finite, declared sizes within
-the pixel limit (``too-large``), label PNGs 8 bits per channel. Errors make the dataset unusable
+the pixel limit (``too-large``), label PNGs 8 bits per channel. From the pixels it recounts each
+label's statistics (images holding it per category and in all, the pixel fraction it covers) and
+flags table rows that disagree (``frequency-recount``, ``coverage-recount``). Findings about a row
+of ``index.csv``, or a file it lists, name the row's image too. Errors make the dataset unusable
 by NetDissect-Lite or by `concepts dissect`; warnings flag what makes dissection results unreliable (FORMATS.md A.13 and the
 concept set's weak spots). A published Hugging Face folder (``tables/`` + ``data/*.parquet``) or
 ``hf://REPO`` is checked the same way, reading pixels from its Parquet rows.
@@ -22,7 +25,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +56,14 @@ class Finding:
     message: str
     path: str | None = None
     row: int | None = None
+    image: str | None = None  # the image of the index.csv row a finding is about
 
     def __str__(self) -> str:
         where = self.path or ""
         if self.row is not None:
             where += f", row {self.row}"
+        if self.image:
+            where += f" ({self.image})"
         return f"{where}: {self.message}" if where else self.message
 
 
@@ -113,6 +119,9 @@ class _LabelRow:
     name: str
     categories: dict[str, int]
     syns: tuple[str, ...]
+    row: int = 0
+    frequency: int | None = None
+    coverage: float | None = None
 
 
 @dataclass
@@ -146,16 +155,21 @@ class _Validator:
         self.stats: dict[str, Any] = {}
         self.hub: Any = None
         self.lock = threading.Lock()
+        self.index_path: Path | None = None
+        self.row_images: dict[int, str] = {}
 
     # -- recording ------------------------------------------------------------------------------
-    def add(self, severity: str, code: str, message: str, path: Path | str | None = None, row: int | None = None) -> None:
-        self.findings.append(Finding(severity, code, message, str(path) if path is not None else None, row))
+    def add(self, severity: str, code: str, message: str, path: Path | str | None = None, row: int | None = None,
+            image: str | None = None) -> None:
+        self.findings.append(Finding(severity, code, message, str(path) if path is not None else None, row, image))
 
-    def error(self, code: str, message: str, path: Path | str | None = None, row: int | None = None) -> None:
-        self.add(ERROR, code, message, path, row)
+    def error(self, code: str, message: str, path: Path | str | None = None, row: int | None = None,
+              image: str | None = None) -> None:
+        self.add(ERROR, code, message, path, row, image)
 
-    def warn(self, code: str, message: str, path: Path | str | None = None, row: int | None = None) -> None:
-        self.add(WARNING, code, message, path, row)
+    def warn(self, code: str, message: str, path: Path | str | None = None, row: int | None = None,
+             image: str | None = None) -> None:
+        self.add(WARNING, code, message, path, row, image)
 
     # -- where the files are --------------------------------------------------------------------
     def locate(self) -> bool:
@@ -355,9 +369,12 @@ class _Validator:
                 self.error("unknown-category", f"label {number} ({name}) names categor{'y' if len(unknown) == 1 else 'ies'} "
                            f"{', '.join(unknown)} absent from category.csv", table.path, i)
             freq = self.integer(table, row, i, "frequency", 0)
-            if freq is not None and cats and freq != sum(cats.values()):
-                self.error("frequency-mismatch", f"frequency {freq} of label {number} is not the sum of its category "
-                           f"cell ({sum(cats.values())})", table.path, i)
+            # frequency counts images holding the label in any category: no fewer than its largest
+            # category count and no more than their sum (an image holding it in two categories is one image).
+            if freq is not None and cats and not max(cats.values()) <= freq <= sum(cats.values()):
+                bound = f"at least {max(cats.values())}" if freq < max(cats.values()) else f"at most {sum(cats.values())}"
+                self.error("frequency-mismatch", f"frequency {freq} of label {number} does not fit its category cell "
+                           f"{cell} (images holding it in any category: {bound})", table.path, i)
             coverage = row.get("coverage") or ""
             value = parse_float(coverage)
             if value is None or value < 0:
@@ -368,7 +385,7 @@ class _Validator:
                 self.warn("coverage-format", f"coverage {coverage!r} of label {number} is not fixed-point "
                           "(NetDissect-Lite keeps it as text)", table.path, i)
             syns = tuple(s for s in (row.get("syns") or "").split(";") if s)
-            out[number] = _LabelRow(number, name, cats, syns)
+            out[number] = _LabelRow(number, name, cats, syns, i, freq, value if value is not None and value >= 0 else None)
         if not out:
             self.warn("empty-table", "lists no label", table.path)
         self.label_path = table.path
@@ -396,6 +413,8 @@ class _Validator:
     def _codes(self) -> None:
         self.code_numbers: dict[str, set[int]] = {}
         self.code_coverage: dict[str, dict[int, float]] = {}
+        self.code_rows: dict[str, dict[int, int]] = {}
+        self.code_paths: dict[str, Path] = {}
         for cat in self.categories:
             if cat in self.bad_categories:
                 continue
@@ -408,6 +427,7 @@ class _Validator:
             numbers: set[int] = set()
             order: list[tuple[int, int, float]] = []
             coverage: dict[int, float] = {}
+            rows: dict[int, int] = {}
             for i, row in enumerate(table.rows, start=2):
                 code = self.integer(table, row, i, "code", 1)
                 number = self.integer(table, row, i, "number", 1, fmt.MAX_RG)
@@ -429,6 +449,7 @@ class _Validator:
                 numbers.add(number)
                 if cov is not None:
                     coverage[number] = cov
+                rows.setdefault(number, i)
                 label = self.labels.get(number)
                 if label is None:
                     self.error("unknown-label", f"label {number} is not in label.csv", table.path, i)
@@ -455,6 +476,8 @@ class _Validator:
                 self.warn("code-order", "codes are not ordered by descending frequency, then coverage", table.path)
             self.code_numbers[cat] = numbers
             self.code_coverage[cat] = coverage
+            self.code_rows[cat] = rows
+            self.code_paths[cat] = table.path
 
     def _index(self, table: _Table) -> list[tuple[int, str, dict[str, list[str]]]]:
         header = table.header
@@ -470,6 +493,8 @@ class _Validator:
         if present != expected:
             self.warn("column-order", f"columns are not `{','.join(expected)}` in that order", table.path)
         self.index_path = table.path
+        self.row_images = {i: _image_tag(row.get("image") or "") for i, row in enumerate(table.rows, start=2)
+                           if row.get("image")}
         out = []
         images: dict[str, int] = {}
         pngs: dict[str, int] = {}
@@ -580,7 +605,8 @@ class _Validator:
             done = pool.map(self._decode, self.items, chunksize=16)
             for k, (problems, seen) in enumerate(progress(done, total=len(self.items), desc="validating", unit="file")):
                 for code, message in problems:
-                    self.error(code, message, self.images / self.items[k].rel, self.items[k].row)
+                    item = self.items[k]
+                    self.error(code, message, self.images / item.rel, item.row, self.row_images.get(item.row))
                 results[k] = seen
         self.stats["files_checked"] = len(self.items)
         self._pixel_labels(results)
@@ -646,16 +672,25 @@ class _Validator:
         images_of: dict[int, set[int]] = defaultdict(set)
         area: Counter[int] = Counter()
         labelled_rows: set[int] = set()
+        # Per (label, category): the rows holding it and the pixel fraction it covers, for the recount.
+        rows_in: dict[tuple[int, str], set[int]] = defaultdict(set)
+        cover: Counter[tuple[int, str]] = Counter()
         for row, levels in self.image_labels.items():
-            for numbers in levels.values():
-                for n in numbers:
+            for cat, numbers in levels.items():
+                for n in dict.fromkeys(numbers):  # an image-level label covers its image once
                     images_of[n].add(row)
                     area[n] += 1.0
                     labelled_rows.add(row)
+                    rows_in[(n, cat)].add(row)
+                    cover[(n, cat)] += 1.0
         wrong: dict[tuple[str, int], list[_Item]] = defaultdict(list)
+        unread = 0
         for k, seen in results.items():
             item = self.items[k]
-            if item.kind != "png" or seen is None or seen.numbers is None:
+            if item.kind != "png":
+                continue
+            if seen is None or seen.numbers is None:
+                unread += 1
                 continue
             total = float(seen.counts.sum())
             for n, c in zip(seen.numbers.tolist(), seen.counts.tolist()):
@@ -671,6 +706,8 @@ class _Validator:
                 images_of[n].add(item.row)
                 area[n] += c / total
                 labelled_rows.add(item.row)
+                rows_in[(n, item.category)].add(item.row)
+                cover[(n, item.category)] += c / total
         for (code, n), where in sorted(wrong.items()):
             for item in where:
                 if code == "unknown-label":
@@ -678,16 +715,64 @@ class _Validator:
                 else:
                     label = self.labels[n]
                     message = f"holds label {n} ({label.name}) in the {item.category} column, but label.csv puts it in {_cats(label)}"
-                self.error(code, message + f" (index.csv row {item.row})", self.images / item.rel, item.row)
+                self.error(code, message + f" (index.csv row {item.row})", self.images / item.rel, item.row,
+                           self.row_images.get(item.row))
         self.stats["labels"] = len(self.labels)
         self.stats["categories"] = len(self.categories)
+        if self.errors_found():
+            # Unreadable or misplaced files would make every count they touch disagree: say so once.
+            self.stats["statistics_recounted"] = False
+            unreadable = f" ({unread} label PNG(s) unreadable)" if unread else ""
+            self.warn("recount-skipped", f"label statistics were not recounted: the errors reported{unreadable} leave "
+                      "the data incomplete", self.label_path)
+        else:
+            self.stats["statistics_recounted"] = True
+            self._recount(images_of, rows_in, cover)
         self._weak_spots(images_of, area, labelled_rows)
+
+    def errors_found(self) -> bool:
+        return any(f.severity == ERROR for f in self.findings)
+
+    # -- statistics -----------------------------------------------------------------------------
+    def _recount(self, images_of: dict[int, set[int]], rows_in: dict[tuple[int, str], set[int]],
+                 cover: Counter[tuple[int, str]]) -> None:
+        """Compare each label's table statistics with the ones its images give (Broden README: images per label)."""
+        by_label: dict[int, list[str]] = defaultdict(list)
+        for n, cat in rows_in:
+            by_label[n].append(cat)
+        for number, label in sorted(self.labels.items()):
+            where = f"label {number} ({label.name})"
+            cats = list(label.categories) + [c for c in sorted(by_label.get(number, ())) if c not in label.categories]
+            wrong = []
+            for cat in cats:
+                told, found = label.categories.get(cat, 0), len(rows_in.get((number, cat), ()))
+                if told != found:
+                    wrong.append(f"{cat}({told}) but {found} image(s) hold it in {cat}")
+            found = len(images_of.get(number, ()))
+            if label.frequency is not None and label.frequency != found:
+                wrong.append(f"frequency {label.frequency} but {found} image(s) hold it")
+            if wrong:
+                self.warn("frequency-recount", f"{where}: {'; '.join(wrong)}", self.label_path, label.row)
+            recounted = sum(cover.get((number, cat), 0.0) for cat in cats)
+            if label.coverage is not None and not _close(label.coverage, recounted):
+                self.warn("coverage-recount", f"{where}: coverage {label.coverage:.6f} but its pixels in the images "
+                          f"add up to {recounted:.6f}", self.label_path, label.row)
+        for cat, coverage in self.code_coverage.items():
+            for number, told in coverage.items():
+                if number not in self.labels:
+                    continue
+                recounted = cover.get((number, cat), 0.0)
+                if not _close(told, recounted):
+                    self.warn("coverage-recount", f"label {number} ({self.labels[number].name}): {cat} coverage {told:.6f} "
+                              f"but its {cat} pixels in the images add up to {recounted:.6f}",
+                              self.code_paths[cat], self.code_rows[cat].get(number))
 
     # -- weak spots -----------------------------------------------------------------------------
     def _weak_spots(self, images_of: dict[int, set[int]], area: Counter[int], labelled_rows: set[int]) -> None:
         unlabeled = [row for row, _, _ in self.samples if row not in labelled_rows]
         if unlabeled:
-            self.warn("unlabeled-image", f"{len(unlabeled)} image(s) carry no label at all, e.g. row {unlabeled[0]}",
+            self.warn("unlabeled-image", f"{len(unlabeled)} image(s) carry no label at all, e.g. row {unlabeled[0]}"
+                      + (f" ({self.row_images[unlabeled[0]]})" if unlabeled[0] in self.row_images else ""),
                       self.index_path)
         used_cats = {c for _, _, cells in self.samples for c in cells}
         for cat in self.categories:
@@ -748,6 +833,11 @@ class _Validator:
             self.check_links()
         if hasattr(self, "root") and self.check_tables():
             self.check_pixels()
+        if self.index_path is not None:
+            # Findings recorded before index.csv's rows were known (its CSV-level checks) name their image too.
+            index = str(self.index_path)
+            self.findings = [f if f.image or f.row is None or f.path != index else replace(f, image=self.row_images.get(f.row))
+                             for f in self.findings]
         return ValidationReport(str(getattr(self, "root", self.spec)), self.findings, self.stats)
 
 
@@ -755,6 +845,17 @@ def _cpu_count() -> int | None:
     import os
 
     return os.cpu_count()
+
+
+def _close(told: float, recounted: float) -> bool:
+    """Whether a table's coverage (printed with six decimals) is the recounted one."""
+    return abs(told - recounted) <= 2e-6 + 1e-9 * abs(recounted)
+
+
+def _image_tag(text: str, limit: int = 80) -> str:
+    """An index.csv image cell as it appears in a finding: plain when printable, else its repr; cut short."""
+    short = text[:limit] + ("..." if len(text) > limit else "")
+    return short if short.isprintable() else repr(short)
 
 
 def _clip(text: str, limit: int = 80) -> str:

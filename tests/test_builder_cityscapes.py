@@ -113,6 +113,7 @@ def test_build_with_the_cli_pixels_and_validate(release: Path, tmp_path: Path) -
     result = invoke(["build", "--from", release, "-o", out, "--workers", "1", "--no-synonyms"])
     assert result.code == 0, result.stderr
     assert "wrote 4 images (cityscapes: 4)" in result.stdout
+    assert "skipped 1 image(s): test split (labels withheld by the benchmark)" in result.stdout + result.stderr
     for frame, kind in ((AACHEN, "gtFine"), (BOCHUM, "gtFine"), (FRANKFURT, "gtFine"), (ERLANGEN, "gtCoarse")):
         (layer,) = label_layers(out, f"{frame.stem}.jpg", "object")
         assert (layer == expected(frame, kind)).all(), frame.stem

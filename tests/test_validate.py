@@ -234,14 +234,18 @@ def test_weak_spots(tmp_path: Path) -> None:
 
 
 def test_mixed_image_sizes_and_multi_category_labels(tmp_path: Path) -> None:
+    part = np.full((8, 8), 2)
+    part[:4] = 1  # `wheel` is also a part: the top half of each part layer
     rows = [SynthRow(f"r{i}", np.zeros((8 + 2 * (i % 2), 8, 3), np.uint8),
-                     {"object": [np.ones((8, 8), np.int64)], "part": [np.full((8, 8), 2)]}) for i in range(4)]
+                     {"object": [np.ones((8, 8), np.int64)], "part": [part]}) for i in range(4)]
     root = write_broden(tmp_path / "mixed", rows, {1: ("wheel", "object"), 2: ("hub", "part")}, ["object", "part"])
-    # `wheel` also becomes a part label (A.5: one number, both categories in its cell).
+    # A.5: one number, both categories in its cell. The same 4 images hold it in both categories:
+    # 4 images hold the label, with 4 * 1.0 object and 4 * 0.5 part coverage.
     (root / "label.csv").write_text("number,name,category,frequency,coverage,syns\n"
-                                    "1,wheel,object(4);part(4),8,8.000000,\n2,hub,part(4),4,4.000000,\n")
+                                    "1,wheel,object(4);part(4),4,6.000000,\n2,hub,part(4),4,2.000000,\n")
     (root / "category.csv").write_text("name,first,last,count,frequency\nobject,1,1,1,4\npart,1,2,2,8\n")
-    (root / "c_part.csv").write_text("code,number,name,frequency,coverage\n1,1,wheel,4,4.000000\n2,2,hub,4,4.000000\n")
+    (root / "c_object.csv").write_text("code,number,name,frequency,coverage\n1,1,wheel,4,4.000000\n")
+    (root / "c_part.csv").write_text("code,number,name,frequency,coverage\n1,1,wheel,4,2.000000\n2,2,hub,4,2.000000\n")
     report = validate(root, min_images=1)
     assert report.ok, [str(e) for e in report.errors]
     assert {f.code for f in report.warnings} == {"mixed-sizes", "multi-category"}

@@ -40,6 +40,11 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object
 def write_tables(root: Path, numbering: Numbering, rows: Sequence[IndexRow]) -> list[str]:
     """Write index, category, label and code tables; return the category order used.
 
+    Statistics as the Broden README defines them: ``label.csv`` ``frequency`` is the number of
+    images holding the label (:attr:`UnifiedLabel.total_frequency`), its category cell and
+    ``c_<category>.csv`` the images holding it in each category; ``category.csv`` ``frequency`` adds
+    up its labels' category counts (label-image incidences, A.4).
+
     Refuses, before writing anything, label numbers the RG encoding cannot hold and category
     names that are not safe as columns and file names (``c_<category>.csv``).
     """

@@ -41,18 +41,12 @@ def print_summary(summary: DatasetSummary) -> None:
     """The summary as a header and rich tables (categories, most and least frequent concepts)."""
     from concepts.cli.tables import print_lines, print_table
 
-    print_lines([
-        f"{summary.dataset}: {summary.images} images, {summary.labels} labels, {len(summary.categories)} categories",
-        "splits:   " + ", ".join(f"{k} {v}" for k, v in summary.splits.items()),
-        "images:   " + ", ".join(f"{k} ({v})" for k, v in list(summary.image_sizes.items())[:4]),
-        "labels:   " + ", ".join(f"{k} ({v})" for k, v in list(summary.segmentation_sizes.items())[:4]),
-        "",
-    ])
+    print_lines(summary.header_lines())
     print_table(["category", "labels", "images", "frequency", "kind"],
                 [(c.name, c.labels, c.images, c.frequency, c.kind) for c in summary.categories],
                 numeric=[False, True, True, True, False])
-    for title, rows in (("most frequent concepts", summary.most_frequent), ("least frequent concepts", summary.least_frequent)):
+    for which, rows in (("most", summary.most_frequent), ("least", summary.least_frequent)):
         if rows:
             print_table(["number", "name", "category", "images", "coverage"],
                         [(r["number"], r["name"], r["category"], r["frequency"], f"{r['coverage']:.3f}") for r in rows],
-                        title=title, numeric=[True, False, False, True, True])
+                        title=summary.table_title(which), numeric=[True, False, False, True, True])
