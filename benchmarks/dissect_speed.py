@@ -14,6 +14,12 @@ It compares the two tallies' counts, and prints times, ratios and peak memory. `
 1000,4000`` dissects each size in a fresh process and prints its peak memory.
 Run: ``python benchmarks/dissect_speed.py --images 1000 --memory 1000,4000`` (``--images 64`` for
 a quick look, ``--images 0 --memory ...`` for memory alone).
+
+``--vit 200,400`` is the Vision Transformer case: ViT-B/16 (random weights), one encoder layer
+(``--vit-layer``, default ``encoder.layers.encoder_layer_11``, a ``N x 197 x 768`` token output),
+each size timed as two whole processes on the same images: a plain forward pass to that layer,
+then its dissection; it prints the ratio (target 1.3x) and each process's peak memory (flat
+across sizes). ``--device cuda`` runs both on the GPU.
 """
 
 from __future__ import annotations
@@ -159,6 +165,65 @@ def memory_compare(sizes: list[int], args: argparse.Namespace) -> None:
         print(f"{n:6d} images: peak RSS {r['peak_rss_mb']:.0f} MB main process ({r['rss_before_dissect_mb']:.0f} MB before dissecting), {r['peak_worker_rss_mb']:.0f} MB largest loader worker (mostly pages shared with the main process); {r['seconds']:.1f} s")
 
 
+def vit_forward_to(model: torch.nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """torchvision ViT's own forward, stopped after encoder layer ``layer`` (no hooks, no dissection)."""
+    last = list(dict(model.encoder.layers.named_children())).index(layer.rsplit(".", 1)[-1])
+    x = model._process_input(x)
+    x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+    x = model.encoder.dropout(x + model.encoder.pos_embedding)
+    for block in list(model.encoder.layers)[: last + 1]:
+        x = block(x)
+    return x
+
+
+def vit_process(kind: str, args: argparse.Namespace) -> None:
+    """One whole process of the ViT case (``plain`` or ``dissect``); prints one JSON line."""
+    t0 = time.perf_counter()
+    device = torch.device(args.device)
+    if kind == "plain":
+        ds = open_dataset(args.dataset)
+        samples = ds.select()
+        model = load_model("vit_b_16").module.to(device).eval()
+        seen = 0
+        with torch.inference_mode():
+            for items in loader(ds, samples, [], mean_std=NORMALIZATIONS["imagenet"], images=True, labels=False, batch_size=args.batch_size, workers=args.workers, pin=device.type == "cuda"):
+                f = vit_forward_to(model, stack_images(items).to(device, non_blocking=True), args.vit_layer)
+                seen += int(f.shape[0])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        extra = {"images": seen}
+    else:
+        with tempfile.TemporaryDirectory(prefix="dissect-vit-") as tmp:
+            cfg = DissectConfig(dataset=args.dataset, layers=[args.vit_layer], out=Path(tmp) / "out", model="vit_b_16", batch_size=args.batch_size, workers=args.workers, top_k=5, device=args.device)
+            record = dissect(cfg)
+            extra = {"units": record["summary"][args.vit_layer]["units"], "timings": record["timings"], "preprocessing": record["preprocessing"]["normalize"]}
+    main_mb, worker_mb = peak_rss_mb()
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
+    print(json.dumps({"kind": kind, "in_process_s": time.perf_counter() - t0, "peak_rss_mb": main_mb, "peak_worker_rss_mb": worker_mb, "peak_gpu_mb": gpu_mb, **extra}))
+
+
+def vit_compare(sizes: list[int], args: argparse.Namespace) -> None:
+    """Per size: generate the images, then time a plain-forward process and a dissection process on them."""
+    common = ["--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device, "--vit-layer", args.vit_layer]
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="dissect-vit-") as tmp:
+            ds_path = Path(tmp) / "ds"
+            subprocess.run([sys.executable, __file__, "--generate", str(n), str(ds_path)], check=True)
+            runs = {}
+            for kind in ("plain", "dissect"):
+                t = time.perf_counter()
+                line = subprocess.run([sys.executable, __file__, "--vit-process", kind, "--dataset", str(ds_path), *common], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                runs[kind] = json.loads(line) | {"process_s": time.perf_counter() - t}
+        p, d = runs["plain"], runs["dissect"]
+        print(f"ViT-B/16 {args.vit_layer} ({d['units']} units), {n} images on {args.device}, load average {os.getloadavg()[0]:.1f}:")
+        print(f"  plain forward process {p['process_s']:7.1f} s (in process {p['in_process_s']:.1f} s); peak RSS {p['peak_rss_mb']:.0f} MB")
+        print(f"  dissection process    {d['process_s']:7.1f} s (in process {d['in_process_s']:.1f} s); peak RSS {d['peak_rss_mb']:.0f} MB, largest worker {d['peak_worker_rss_mb']:.0f} MB" + (f", GPU {d['peak_gpu_mb']:.0f} MB (plain {p['peak_gpu_mb']:.0f} MB)" if args.device != "cpu" else ""))
+        tm = d["timings"]
+        print(f"    features {tm['features_s']:.1f} s, thresholds {tm['thresholds_s']:.1f} s, tally {tm['tally_s']:.1f} s, results {tm['results_s']:.1f} s")
+        print(f"  ratio {d['process_s'] / p['process_s']:.2f}x whole processes ({d['in_process_s'] / p['in_process_s']:.2f}x in process; target 1.3x)")
+        print(json.dumps({"vit_images": n, "device": args.device, "plain": p, "dissect": d}))
+
+
 def main() -> None:
     """Generate, time, compare, print."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -170,6 +235,10 @@ def main() -> None:
     ap.add_argument("--memory-only", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--generate", nargs=2, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--dataset", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--vit", default="", help="Comma-separated dataset sizes for the ViT-B/16 case (whole processes: plain forward, then dissection).")
+    ap.add_argument("--vit-layer", default="encoder.layers.encoder_layer_11", help="The ViT-B/16 encoder layer to dissect.")
+    ap.add_argument("--device", default="cpu", help="Where the ViT case runs (cpu or cuda).")
+    ap.add_argument("--vit-process", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     progress.set_enabled(False)
     logging.basicConfig(level=logging.ERROR)
@@ -179,6 +248,13 @@ def main() -> None:
     if args.memory_only:
         memory_only(args.memory_only, args.dataset, args)
         return
+    if args.vit_process:
+        vit_process(args.vit_process, args)
+        return
+    if args.vit:
+        vit_compare([int(v) for v in args.vit.split(",") if v], args)
+        if not args.memory:
+            return
     # Memory first: a child process starts with its parent's peak RSS as its own (Linux keeps the
     # high-water mark across fork and exec), so the parent must not have dissected yet.
     if args.memory:

@@ -31,6 +31,30 @@ class ConceptSource(Protocol):
     def fingerprint(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class ImagePrep:
+    """What every image goes through: an optional resize of the whole image (never a crop), then ``(RGB - mean) / std``.
+
+    ``mean_std`` is on the 0-255 scale (None: raw 0-255 values); ``resize`` is ``(height, width)``
+    and ``interpolation`` a PIL filter name (the way torchvision, timm and transformers resize PIL images).
+    """
+
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    resize: tuple[int, int] | None = None
+    interpolation: str = "bilinear"
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        """An ``H x W x 3`` uint8 image as the model's ``3 x h x w`` float input."""
+        if self.resize is not None and tuple(rgb.shape[:2]) != tuple(self.resize):
+            h, w = self.resize
+            rgb = np.array(Image.fromarray(rgb).resize((w, h), Image.Resampling[self.interpolation.upper()]))
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+        if self.mean_std is not None:
+            mean, std = (torch.tensor(v, dtype=torch.float32)[:, None, None] for v in self.mean_std)
+            x = (x - mean) / std
+        return x
+
+
 @dataclass
 class Item:
     """One image's tensors: the normalised image or its labels (pixel layers and image-level)."""
@@ -55,7 +79,8 @@ class Item:
 class _Images(Dataset):
     def __init__(self, ds: ConceptSource, samples: Sequence[Any], categories: Sequence[str], mean_std, images: bool, labels: bool, start: int) -> None:
         self.ds, self.samples, self.categories = ds, list(samples), list(categories)
-        self.mean_std, self.images, self.labels, self.start = mean_std, images, labels, start
+        self.prep = mean_std if isinstance(mean_std, ImagePrep) else ImagePrep(mean_std)
+        self.images, self.labels, self.start = images, labels, start
 
     def __len__(self) -> int:
         return len(self.samples) - self.start
@@ -76,11 +101,7 @@ class _Images(Dataset):
         image = layers = None
         scalars: list[int] = []
         if self.images:
-            rgb = torch.from_numpy(np.array(self.ds.load_image(sample), dtype=np.uint8)).permute(2, 0, 1).float()
-            if self.mean_std is not None:
-                mean, std = (torch.tensor(v, dtype=torch.float32)[:, None, None] for v in self.mean_std)
-                rgb = (rgb - mean) / std
-            image = rgb
+            image = self.prep(np.array(self.ds.load_image(sample), dtype=np.uint8))
         if self.labels:
             stacks = []
             for cat in self.categories:
@@ -150,6 +171,7 @@ def stack_images(items: Sequence[Item]) -> torch.Tensor:
 def loader(ds: ConceptSource, samples: Sequence[Any], categories: Sequence[str], *, mean_std=None, images: bool, labels: bool, batch_size: int, workers: int, start: int = 0, pin: bool = False) -> CheckedLoader:
     """Batches of ``samples[start:]`` in order (``Item.index`` is the position in ``samples``), decoded in ``workers`` processes.
 
+    ``mean_std`` is an :class:`ImagePrep`, or a 0-255 ``(mean, std)`` pair (or None) for normalisation alone.
     ``pin`` pins the tensors for faster, asynchronous copies to a CUDA device.
     """
     return CheckedLoader(

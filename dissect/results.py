@@ -7,7 +7,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +145,92 @@ def write_layer(
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically, keys in a stable order."""
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+class DissectResult(Mapping):
+    """A finished dissection: its run folder read as tables and arrays.
+
+    Units are numbered from 1 everywhere, as in ``tally_{layer}.csv`` and the reference: the
+    ``unit`` column of :meth:`tally` and the index of :meth:`iou` are the same numbers. As a
+    mapping it is the run's ``run.json`` record (``result["summary"]``, ``result["timings"]``).
+    """
+
+    def __init__(self, path: str | Path, record: dict[str, Any], model: Any = None) -> None:
+        self.path = Path(path)
+        self.record = record
+        self._run: Any = None
+        # A model object dissected from Python stays alive with its result, so report() can redraw its masks.
+        self._model = model
+
+    def __getitem__(self, key: str) -> Any:
+        return self.record[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+    @property
+    def layers(self) -> list[str]:
+        """The layers of this run, in the order they were asked for."""
+        return [k for k, v in self.record.get("summary", {}).items() if v is not None]
+
+    def run(self) -> Any:
+        """The run folder as :class:`concepts.dissect.plots.Run` (for the plots module's tables and figures)."""
+        if self._run is None:
+            from concepts.dissect.plots import load_run
+
+            self._run = load_run(self.path)
+        return self._run
+
+    def tally(self, layer: str) -> Any:
+        """The rows of ``tally_{layer}.csv`` as a DataFrame (best score first; ``unit`` 1-based)."""
+        return self.run().tally(layer)
+
+    def summary(self) -> Any:
+        """One row per layer and category: ``layer, category, units, detectors, unique_concepts``."""
+        import pandas as pd
+
+        rows = []
+        for layer in self.layers:
+            s = self.record["summary"][layer]
+            for cat, v in s["categories"].items():
+                rows.append({"layer": layer, "category": cat, "units": s["units"], "detectors": v["detectors"], "unique_concepts": v["unique_concepts"]})
+        return pd.DataFrame(rows, columns=["layer", "category", "units", "detectors", "unique_concepts"])
+
+    def iou(self, layer: str) -> Any:
+        """The ``units x labels`` IoU matrix as a DataFrame: index ``unit`` 1-based (as the CSV), one column per label.
+
+        Column ``j`` is label number ``j`` of ``label.csv`` (column 0, no label, is always 0), so
+        ``result.iou(layer).to_numpy()[u - 1, j]`` is unit ``u``'s IoU with label ``j``.
+        """
+        import pandas as pd
+
+        with np.load(self.run().file(layer, "matrices"), allow_pickle=False) as m:
+            iou, names = m["iou"], [str(n) for n in m["label_names"]]
+        frame = pd.DataFrame(iou, index=pd.RangeIndex(1, iou.shape[0] + 1, name="unit"), columns=names)
+        frame.columns.name = "label"
+        return frame
+
+    def report(self, path: str | Path, *, layers: Sequence[str] | None = None, images: bool = True, device: str | None = None) -> Path:
+        """Write the HTML report of this run into ``path`` (an earlier report there is replaced); return its index page."""
+        from concepts.dissect.report import render_reports
+
+        args = self.record.get("args", {})
+        dataset = str(args.get("dataset", ""))
+        inputs = [Path(p) for p in (dataset, args.get("weights")) if p and not str(p).startswith("hf://")]
+        # The model is the one this very process just dissected (the caller's own code or object).
+        render_reports([self.run()], Path(path), overwrite=True, inputs=inputs, layers=layers, images=images,
+                       device=device or args.get("device") or "cpu", trust_model_code=True, trust_pickle=bool(args.get("trust_pickle")))
+        return Path(os.path.abspath(path)) / "index.html"
+
+    def __repr__(self) -> str:
+        parts = []
+        for layer in self.layers:
+            s = self.record["summary"][layer]
+            parts.append(f"{layer}: {s['units']} units, {s['detectors']} detectors, {s['unique_concepts']} concepts")
+        model = self.record.get("model", {}).get("name") or self.record.get("args", {}).get("model")
+        return f"DissectResult({str(self.path)!r}, model={model!r}, images={self.record.get('images')}; " + "; ".join(parts) + ")"
+
+    __str__ = __repr__

@@ -1,4 +1,12 @@
-"""Run a whole dissection: forward pass, thresholds, tallies, results, and what to skip on resume."""
+"""Run a whole dissection: forward pass, thresholds, tallies, results, and what to skip on resume.
+
+:func:`dissect` is the one entry point, for the CLI and for Python alike::
+
+    from concepts.dissect import dissect
+
+    result = dissect(model, "broden1_224", layers=["layer4"], out="runs/r18", preprocess=weights.transforms())
+    result.tally("layer4")
+"""
 
 from __future__ import annotations
 
@@ -12,12 +20,13 @@ import platform
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +37,8 @@ from concepts.hub import HubDataset, open_any
 from concepts.errors import ConceptsError, DatasetFormatError, OutputExistsError, UsageError
 from concepts.dissect.features import FeatureStore
 from concepts.dissect.hooks import check_layers
-from concepts.dissect.models import file_hash, load_model, parse_device, parse_normalize
-from concepts.dissect.results import atomic_write, layer_files, write_json, write_layer
+from concepts.dissect.models import LoadedModel, file_hash, load_model, parse_device, parse_model_args, parse_normalize, resolve_preprocess
+from concepts.dissect.results import DissectResult, atomic_write, layer_files, write_json, write_layer
 from concepts.staging import MARKER, OutputWriteError, guard_target, is_output, write_failed, write_marker
 from concepts.dissect.tally import UNIONS, Tally
 from concepts.dissect.thresholds import ExactQuantile
@@ -44,7 +53,7 @@ class DissectConfig:
     dataset: str | Path  # a Broden folder, a published folder or hf://OWNER/NAME
     layers: list[str]
     out: Path
-    model: str | None = None
+    model: str | torch.nn.Module | None = None  # a name (see dissect.models) or a model object
     weights: Path | None = None
     pretrained: bool = False
     trust_pickle: bool = False
@@ -52,7 +61,7 @@ class DissectConfig:
     quantile: float = 0.005
     iou_threshold: float = 0.04
     union: str = "ndlite"
-    normalize: str = "imagenet"
+    normalize: str = "auto"  # auto: the model's own mean and std when it states them, else imagenet
     thresholds: dict[str, Path] = field(default_factory=dict)  # layer ("" = every layer) -> .npy
     batch_size: int = 32
     workers: int | None = None  # None: default_workers()
@@ -65,6 +74,8 @@ class DissectConfig:
     checkpoint_s: float = 60.0  # how often an unfinished run saves what it has done
     layout: str | None = None  # how layer outputs hold units (dissect.hooks.parse_layout); None: from the model
     layer_output: str | None = None  # which element of a tuple, dict or ModelOutput layer output; None: the hidden state
+    model_args: dict[str, str] = field(default_factory=dict)  # --model-arg KEY=VALUE for a factory or timm model
+    preprocess: Any = None  # the model's own preprocessing given from Python (weights.transforms(), (mean, std), ...)
 
 
 def default_workers() -> int:
@@ -119,6 +130,7 @@ def _check(cfg: DissectConfig) -> None:
         raise UsageError(f"--split {cfg.split!r}: a split name is letters, digits, '_', '-' and '.'")
     parse_device(cfg.device)
     parse_normalize(cfg.normalize)
+    cfg.model_args = parse_model_args(cfg.model_args)
     unknown = [k for k in cfg.thresholds if k and k not in cfg.layers]
     if unknown:
         raise UsageError(f"--thresholds for {', '.join(unknown)}, which is not a --layer")
@@ -167,18 +179,21 @@ def _load_thresholds(path: Path, units: int, layer: str) -> np.ndarray:
     return arr
 
 
-def _params(cfg: DissectConfig, layer: str, model_hash: str, fingerprint: str, categories: list[str]) -> dict[str, Any]:
+def _params(cfg: DissectConfig, layer: str, loaded: LoadedModel, fingerprint: str, categories: list[str], normalize: str, prep: Any) -> dict[str, Any]:
     tfile = cfg.thresholds.get(layer) or cfg.thresholds.get("")
     return {
-        "model": cfg.model,
-        "weights": model_hash,
+        "model": loaded.name,
+        "weights": loaded.weights_hash,
         "layer": layer,
         "dataset": fingerprint,
         "categories": categories,
         "quantile": cfg.quantile,
         "iou_threshold": cfg.iou_threshold,
         "union": cfg.union,
-        "normalize": cfg.normalize,
+        "normalize": normalize,
+        # Absent (None) unless the images are resized, so runs from before resizing existed still match.
+        "resize": {"size": list(prep.resize), "interpolation": prep.interpolation} if prep.resize else None,
+        "model_args": dict(cfg.model_args) or None,
         "thresholds": file_hash(Path(tfile)) if tfile else None,
         "split": cfg.split,
         "limit": cfg.limit,
@@ -197,7 +212,12 @@ def _versions() -> dict[str, str]:
 
     import concepts
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__, "concepts": getattr(concepts, "__version__", "")}
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__, "concepts": getattr(concepts, "__version__", "")}
+    # The model libraries count only when this run used them (they are imported then).
+    for name in ("timm", "transformers"):
+        if name in sys.modules:
+            versions[name] = getattr(sys.modules[name], "__version__", "")
+    return versions
 
 
 def _stale(previous: dict[str, Any] | None, params: dict[str, Any], out: Path, layer: str, summary: Any) -> str | None:
@@ -288,21 +308,81 @@ def _inputs(cfg: DissectConfig) -> list[Path]:
     """The local files and folders this run reads, which its output must neither be, hold nor lie in."""
     paths = [] if str(cfg.dataset).startswith("hf://") else [Path(cfg.dataset)]
     paths += [Path(p) for p in [cfg.weights, *cfg.thresholds.values()] if p is not None]
+    if isinstance(cfg.model, str) and cfg.model.startswith(("hf:", "hf-backbone:")) and Path(cfg.model.partition(":")[2]).expanduser().is_dir():
+        paths.append(Path(cfg.model.partition(":")[2]).expanduser())
     return paths
 
 
-def dissect(cfg: DissectConfig) -> dict[str, Any]:
-    """Dissect ``cfg.layers`` of the model against the dataset; return the run record."""
-    out = Path(os.path.abspath(cfg.out))
+#: What ``dissect(model, dataset, ...)`` takes besides its named arguments: the other DissectConfig fields.
+_OPTIONS = ("weights", "pretrained", "trust_pickle", "categories", "quantile", "iou_threshold", "union", "normalize", "thresholds", "batch_size", "workers", "split", "limit", "top_k", "cache_budget_gb", "force", "checkpoint_s", "layout", "layer_output", "model_args")
+
+
+def dissect(
+    model: DissectConfig | str | torch.nn.Module,
+    dataset: str | Path | None = None,
+    *,
+    layers: str | list[str] | None = None,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    preprocess: Any = None,
+    **options: Any,
+) -> DissectResult:
+    """Dissect layers of a model against a concept dataset; return the result (the run folder, read).
+
+    ``model``: an ``nn.Module`` already in memory, or a name: torchvision (``resnet18``),
+    ``timm:NAME``, ``hf:OWNER/NAME`` or ``hf:FOLDER``, ``package.module:factory``. ``dataset``: a
+    Broden folder, a published folder or ``hf://OWNER/NAME``. ``layers``: module names. ``out``:
+    the run folder (an earlier run there resumes). ``preprocess``: the model's own preprocessing
+    (``weights.transforms()``, a timm data config, an image processor, or a ``(mean, std)`` pair);
+    without it, the model's stated one, else ImageNet's. ``options``: the other
+    :class:`DissectConfig` fields (``quantile``, ``categories``, ``batch_size``, ``workers``, ...).
+    A :class:`DissectConfig` alone is accepted as well (the CLI passes one).
+    """
+    if isinstance(model, DissectConfig):
+        extra = [k for k, v in (("dataset", dataset), ("layers", layers), ("out", out), ("preprocess", preprocess)) if v is not None]
+        if extra or options or device != "cpu":
+            raise UsageError(f"give a DissectConfig alone, or the model and its options ({', '.join(extra + list(options)) or 'device'} given beside a DissectConfig)")
+        cfg = model
+    else:
+        unknown = [k for k in options if k not in _OPTIONS]
+        if unknown:
+            raise UsageError(f"dissect() has no option {', '.join(map(repr, unknown))}; options: {', '.join(_OPTIONS)}")
+        if dataset is None or layers is None or out is None:
+            missing = [k for k, v in (("dataset", dataset), ("layers", layers), ("out", out)) if v is None]
+            raise UsageError(f"dissect() needs {', '.join(missing)}")
+        if isinstance(options.get("thresholds"), (str, Path)):
+            options["thresholds"] = {"": Path(options["thresholds"])}
+        cfg = DissectConfig(dataset=dataset, layers=[layers] if isinstance(layers, str) else list(layers), out=Path(out), model=model, device=device, preprocess=preprocess, **options)
+    out_path = Path(os.path.abspath(cfg.out))
+    module = cfg.model if isinstance(cfg.model, torch.nn.Module) else None
+    training = module.training if module is not None else False
     try:
-        return _dissect(cfg, out)
+        return DissectResult(out_path, _dissect(cfg, out_path), module)
     except ConceptsError:
         raise  # some are OSErrors too (OutputExistsError), and already one line
     except OSError as e:
-        if write_failed(e, out):
+        if write_failed(e, out_path):
             raise OutputWriteError(f"cannot write the dissection: {e.strerror or type(e).__name__}", path=cfg.out) from None
         name = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes, os.PathLike)) else str(cfg.dataset)
         raise DatasetFormatError(f"cannot read: {e.strerror or type(e).__name__}", path=name) from None
+    finally:
+        if module is not None:
+            module.train(training)  # the caller's object leaves in the mode it came in
+
+
+def _record_args(cfg: DissectConfig, model_name: str) -> dict[str, Any]:
+    """The arguments as run.json keeps them: a model object by its name, never pickled."""
+    args = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "model":
+            value = model_name
+        elif f.name == "preprocess":
+            value = None if value is None else type(value).__name__
+        elif f.name == "thresholds":
+            value = {k: _absolute(v) for k, v in value.items()}
+        args[f.name] = _arg(f.name, value)
+    return args
 
 
 def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
@@ -332,8 +412,8 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
     if not (primary[1:] >= 0).any():
         # Found here, not after the forward pass: every unit would score 0 against nothing.
         raise DatasetFormatError(f"no label of label.csv belongs to the categories {', '.join(categories)}; there is nothing to dissect against", path=Path(str(cfg.dataset)))
-    mean_std = parse_normalize(cfg.normalize)
-    loaded = load_model(cfg.model, cfg.weights, pretrained=cfg.pretrained, trust_pickle=cfg.trust_pickle)
+    loaded = load_model(cfg.model, cfg.weights, pretrained=cfg.pretrained, trust_pickle=cfg.trust_pickle, model_args=cfg.model_args)
+    prep, normalize, preprocessing = resolve_preprocess(cfg.normalize, loaded, (samples[0].ih, samples[0].iw), cfg.preprocess)
     check_layers(loaded.module, cfg.layers)
     fingerprint = ds.fingerprint()
     _make_output(out)
@@ -346,7 +426,7 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
     if not isinstance(summaries, dict):
         summaries = {}
     layers = list(dict.fromkeys(cfg.layers))
-    params = {layer: _params(cfg, layer, loaded.weights_hash, fingerprint, categories) for layer in layers}
+    params = {layer: _params(cfg, layer, loaded, fingerprint, categories, normalize, prep) for layer in layers}
     todo = []
     for layer in layers:
         why = "--force" if cfg.force else _stale(previous.get(layer), params[layer], out, layer, summaries.get(layer))
@@ -356,7 +436,9 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
         else:
             log.info("%s: finished results with identical arguments found, not recomputed", layer)
     record = {
-        "args": {k: _arg(k, v) for k, v in asdict(cfg).items()} | {"thresholds": {k: _absolute(v) for k, v in cfg.thresholds.items()}},
+        "args": _record_args(cfg, loaded.name),
+        "model": {"name": loaded.name, "class": f"{type(loaded.module).__module__}.{type(loaded.module).__qualname__}", "weights": loaded.weights, "weights_hash": loaded.weights_hash},
+        "preprocessing": preprocessing,
         "versions": _versions(),
         "images": len(samples),
         # A finished layer keeps its entry (and its files) until its new results are complete.
@@ -374,7 +456,7 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
         write_json(run_path, record)
         return record
     work = _Work(out, _key({k: params[k] for k in todo}))
-    timings, record["resumed"] = _compute(cfg, ds, samples, categories, loaded.module, todo, mean_std, work, summaries)
+    timings, record["resumed"] = _compute(cfg, ds, samples, categories, loaded.module, todo, prep, work, summaries)
     for layer in todo:
         record["layers"][layer] = {"key": _key(params[layer]), "params": params[layer], "files": layer_files(layer)}
     timings["total_s"] = time.perf_counter() - t_start

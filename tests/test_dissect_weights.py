@@ -142,3 +142,25 @@ def test_segmentation_models_download_nothing_without_pretrained(name, monkeypat
 
     loaded = load_model(name, None)
     assert isinstance(loaded.module, torch.nn.Module)
+
+
+def test_safetensors_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    net = _trained()
+    save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
+    loaded = load_model("synth:red_unit_net", tmp_path / "w.safetensors")
+    _same(loaded.module, net)
+    assert loaded.module.head.out_features == 5
+    (tmp_path / "bad.safetensors").write_bytes((40).to_bytes(8, "little") + b'{"x": [1, 2')
+    with pytest.raises(ModelError, match="bad.safetensors.*safetensors"):
+        load_model("synth:red_unit_net", tmp_path / "bad.safetensors")
+
+
+def test_model_object_refuses_weights_and_pretrained(tmp_path):
+    net = _trained()
+    for kwargs in ({"weights": tmp_path / "w.pth"}, {"pretrained": True}, {"model_args": ["a=1"]}):
+        with pytest.raises(UsageError, match="model object"):
+            load_model(net, **kwargs)
+    with pytest.raises(UsageError, match="torch.nn.Module, not a int"):
+        load_model(3)

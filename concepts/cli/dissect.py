@@ -22,6 +22,15 @@ EPILOG = """Examples:
 \b
   concepts dissect hf://me/my-concepts --model resnet50 --pretrained --layer layer3 --layer layer4 -o out/ --device cuda
 
+\b
+  concepts dissect data/ --model timm:vit_small_patch16_224 --pretrained --layer blocks.11 -o out/
+
+\b
+  concepts dissect data/ --model hf:facebook/dinov2-small --layer layer.11 -o out/
+
+\b
+  concepts dissect data/ --model mypkg.nets:build --model-arg width=2 --layer stage4 -o out/
+
 Running the same command again resumes an interrupted run and skips layers already finished.
 """
 
@@ -42,16 +51,16 @@ def _thresholds(values: list[str] | None) -> dict[str, Path]:
 def dissect(
     dataset: Annotated[str, typer.Argument(help="Concept dataset: a Broden folder, a published Hugging Face dataset folder, or hf://OWNER/NAME.")],
     layer: Annotated[list[str], typer.Option("--layer", "-l", help="Module name to dissect (repeatable; nested names like layer4.1.conv2).")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="torchvision architecture (resnet18, alexnet, vgg16, ...) or package.module:factory.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="torchvision name (resnet18, vit_b_16, ...), timm:NAME, hf:OWNER/NAME or hf:FOLDER (hf-backbone: for AutoBackbone), or package.module:factory.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("dissection"),
-    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint: state dict (DataParallel and {'state_dict': ...} accepted) or TorchScript.")] = None,
-    pretrained: Annotated[bool, typer.Option("--pretrained", help="Use torchvision's published weights (downloads them).")] = False,
+    weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint: state dict (DataParallel and {'state_dict': ...} accepted), safetensors or TorchScript.")] = None,
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="Use the published weights (torchvision, timm, Hugging Face; downloads them if not cached), or pass pretrained=True to a factory.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a whole pickled model (runs code from the file: trusted files only).")] = False,
     categories: Annotated[Optional[list[str]], typer.Option("--categories", "-c", help="Only these categories (repeatable or comma-separated).")] = None,
     quantile: Annotated[float, typer.Option("--quantile", help="Fraction of activations above each unit's threshold.")] = 0.005,
     iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="IoU above which a unit detects its label.")] = 0.04,
     union: Annotated[Literal["ndlite", "netdissect", "global"], typer.Option("--union", help="Which activations count for a category: ndlite (reference), netdissect (2017), global.")] = "ndlite",
-    normalize: Annotated[str, typer.Option("--normalize", metavar="[imagenet|netdissect|none|M,M,M/S,S,S]", help="Input normalisation: imagenet, netdissect (reference), none, or custom means/stds m1,m2,m3/s1,s2,s3.")] = "imagenet",
+    normalize: Annotated[str, typer.Option("--normalize", metavar="[imagenet|netdissect|none|auto|M,M,M/S,S,S]", help="Input normalisation: auto (the model's own mean/std, else imagenet), imagenet, netdissect (reference), none, or custom means/stds m1,m2,m3/s1,s2,s3.")] = "auto",
     thresholds: Annotated[Optional[list[str]], typer.Option("--thresholds", help="Per-unit thresholds .npy (FILE for every layer, or LAYER=FILE).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 32,
     workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader processes decoding images and labels (default: cores - 1, at most 8).")] = None,
@@ -63,10 +72,11 @@ def dissect(
     force: Annotated[bool, typer.Option("--force", help="Recompute even when finished results match.")] = False,
     layout: Annotated[Optional[str], typer.Option("--layout", metavar="[nchw|nhwc|tokens[:P[:HxW]]]", help="How the layer's output holds units when the model does not say: nchw, nhwc, or tokens with P prefix tokens and an HxW patch grid.")] = None,
     layer_output: Annotated[Optional[str], typer.Option("--layer-output", metavar="INDEX|KEY", help="Which element of a tuple, dict or ModelOutput a layer returns (default: its hidden state).")] = None,
+    model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", metavar="KEY=VALUE", help="Argument for a package.module:factory or timm model (repeatable; typed from the factory's signature).")] = None,
     report: Annotated[bool, typer.Option("--report", help="Also write the HTML report and plots into OUT/report/.")] = False,
 ) -> None:
     """Label every unit of the given layers with the concept its activations segment best."""
-    from concepts.dissect.models import parse_device, parse_normalize
+    from concepts.dissect.models import parse_device, parse_model_args, parse_normalize
     from concepts.dissect.run import DissectConfig
     from concepts.dissect.run import dissect as run
 
@@ -75,13 +85,14 @@ def dissect(
     # Open values (cuda:N, custom means) are checked here, before any dataset or model is read.
     parse_device(device)
     parse_normalize(normalize)
+    model_args = parse_model_args(model_arg)
     cats = [c.strip() for v in categories or [] for c in v.split(",") if c.strip()] or None
     cfg = DissectConfig(
         dataset=dataset, layers=list(layer), out=out, model=model, weights=weights, pretrained=pretrained,
         trust_pickle=trust_pickle, categories=cats, quantile=quantile, iou_threshold=iou_threshold, union=union,
         normalize=normalize, thresholds=_thresholds(thresholds), batch_size=batch_size, workers=workers,
         device=device, split=split, limit=limit, top_k=top_k, cache_budget_gb=cache_gb, force=force,
-        layout=layout, layer_output=layer_output,
+        layout=layout, layer_output=layer_output, model_args=model_args,
     )
     record = run(cfg)
     from concepts.cli.tables import print_table
