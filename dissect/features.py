@@ -116,6 +116,8 @@ class FeatureStore:
 
     def resume(self, shapes: dict[str, Sequence[int]], rows: int) -> None:
         """Reopen the cache a previous, interrupted run left with ``rows`` complete rows."""
+        if set(shapes) != set(self.layers):
+            return
         paths = self._paths(shapes)
         if rows <= 0 or not all(p.is_file() for p in paths.values()):
             return
@@ -166,7 +168,9 @@ class FeatureStore:
                 m.flush()
 
     def _paths(self, shapes: dict[str, Any]) -> dict[str, Path]:
-        return {name: self.cache_dir / f"features_{i}.npy" for i, name in enumerate(shapes)}
+        # Numbered by the layer's place in the run, not by the order of ``shapes``: a run's saved
+        # state may hold them in another order (sorted JSON keys) than the capture returned them.
+        return {name: self.cache_dir / f"features_{self.layers.index(name)}.npy" for name in shapes}
 
     def _open(self, feats: dict[str, torch.Tensor], n: int) -> None:
         self.shapes = {k: tuple(v.shape[1:]) for k, v in feats.items()}

@@ -50,7 +50,7 @@ def _thresholds(values: list[str] | None) -> dict[str, Path]:
 @app.command(epilog=EPILOG)
 def dissect(
     dataset: Annotated[str, typer.Argument(help="Concept dataset: a Broden folder, a published Hugging Face dataset folder, or hf://OWNER/NAME.")],
-    layer: Annotated[list[str], typer.Option("--layer", "-l", help="Module name to dissect (repeatable; nested names like layer4.1.conv2).")],
+    layer: Annotated[list[str], typer.Option("--layer", "-l", help="Layer to dissect (repeatable): a module name (layer4, features.28), NAME:K for the K-th call (1-based) of a module run more than once per pass (layer4.1.relu:2), or a functional node (layer4.1.add).")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="torchvision name (resnet18, vit_b_16, ...), timm:NAME, hf:OWNER/NAME or hf:FOLDER (hf-backbone: for AutoBackbone), or package.module:factory.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("dissection"),
     weights: Annotated[Optional[Path], typer.Option("--weights", "-w", help="Checkpoint: state dict (DataParallel and {'state_dict': ...} accepted), safetensors or TorchScript.")] = None,
@@ -70,8 +70,8 @@ def dissect(
     top_k: Annotated[int, typer.Option("--top-k", help="Top activating images kept per unit.")] = 10,
     cache_gb: Annotated[float, typer.Option("--cache-gb", help="Disk budget for cached features; above it they are recomputed.")] = 8.0,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when finished results match.")] = False,
-    layout: Annotated[Optional[str], typer.Option("--layout", metavar="[nchw|nhwc|tokens[:P[:HxW]]]", help="How the layer's output holds units when the model does not say: nchw, nhwc, or tokens with P prefix tokens and an HxW patch grid.")] = None,
-    layer_output: Annotated[Optional[str], typer.Option("--layer-output", metavar="INDEX|KEY", help="Which element of a tuple, dict or ModelOutput a layer returns (default: its hidden state).")] = None,
+    layout: Annotated[Optional[str], typer.Option("--layout", metavar="[nchw|nhwc|tokens[:P[:HxW]]]", help="How the layer's output holds units when the model does not say: nchw, nhwc, tokens:P (P prefix tokens dropped, patch grid from the input size) or tokens:P:HxW; refused if it contradicts the model.")] = None,
+    layer_output: Annotated[Optional[str], typer.Option("--layer-output", metavar="INDEX|KEY", help="Which element of a tuple, dict or ModelOutput output: an index or key (default: a tuple's first element, a dict's last_hidden_state or its only tensor).")] = None,
     model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", metavar="KEY=VALUE", help="Argument for a package.module:factory or timm model (repeatable; typed from the factory's signature).")] = None,
     report: Annotated[bool, typer.Option("--report", help="Also write the HTML report and plots into OUT/report/.")] = False,
 ) -> None:
@@ -85,6 +85,9 @@ def dissect(
     # Open values (cuda:N, custom means) are checked here, before any dataset or model is read.
     parse_device(device)
     parse_normalize(normalize)
+    from concepts.dissect.layouts import parse_layout
+
+    parse_layout(layout)
     model_args = parse_model_args(model_arg)
     cats = [c.strip() for v in categories or [] for c in v.split(",") if c.strip()] or None
     cfg = DissectConfig(
