@@ -179,3 +179,20 @@ def test_thresholds_round_down_to_float32():
     assert down.dtype == np.float32
     assert (down.astype(np.float64) <= t).all()
     assert (np.nextafter(down, np.float32(np.inf)).astype(np.float64) > t).all()
+
+
+def test_netdissect_normalisation_rounds_as_the_reference():
+    # The reference: NumPy subtracts the float64 mean from the image, the result is stored as
+    # float32, then divided by float32(57.12).
+    from concepts.dissect.data import ImagePrep
+    from concepts.dissect.models import parse_normalize
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (31, 29, 3), dtype=np.uint8)
+    mean = np.array([124.6901, 118.6897, 109.5388])
+    want = (rgb.astype(np.float64) - mean).astype(np.float32) / np.float32(57.12)
+    got = ImagePrep(parse_normalize("netdissect"))(rgb).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(got, want)
+    # Subtracting in float32 gives other inputs: the test can tell the two apart.
+    float32_way = (rgb.astype(np.float32) - mean.astype(np.float32)) / np.float32(57.12)
+    assert (float32_way != want).mean() > 0.2
