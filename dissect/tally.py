@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -408,11 +408,25 @@ class Tally:
             img_cat |= scal_cat
         ctx = (labels, img_counts, scal_cat, img_cat)
 
+        for pb, pu, j, pix in self.active(feats, sh, sw):
+            self._count(delta, ctx, pb, pu, j, pix)
+
+    def active(self, feats: torch.Tensor, sh: int, sw: int, units: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Active pixels of ``feats`` (``B x U x h x w``, float32 on the device) upsampled to ``sh x sw``, by chunks of pairs.
+
+        Yields ``(pb, pu, j, pix)``: the chunk's image-unit pairs (``pb`` indexes ``feats``, ``pu``
+        units) and its active pixels, pair ``j`` (into ``pb``) and flat pixel ``pix``, exactly those
+        the counts use. ``units`` (bool per unit) restricts the pairs to those units.
+        """
         thr = self.thresholds
         # Bilinear upsampling never exceeds the map's maximum: pairs at or below it stay empty.
-        hot = (feats.amax(dim=(2, 3)) > thr).nonzero()
+        hot_mask = feats.amax(dim=(2, 3)) > thr
+        if units is not None:
+            hot_mask &= units.to(self.device)[None, :]
+        hot = hot_mask.nonzero()
         if not len(hot):
             return
+        npix = sh * sw
         h, w = feats.shape[2:]
         rows_ax, cols_ax = self._axis(h, sh, 0), self._axis(w, sw, 1)
         if self._full or not (rows_ax.ok and cols_ax.ok):
@@ -420,8 +434,9 @@ class Tally:
             for s in range(0, len(hot), step):
                 pb, pu = hot[s : s + step, 0], hot[s : s + step, 1]
                 j, pix = _full_active(feats[pb, pu], thr[pu], self.thresholds64[pu], sh, sw)
-                self._count(delta, ctx, pb, pu, j, pix)
+                yield pb, pu, j, pix
             return
+        dev = self.device
         step = max(1, _CHUNK // (8 * h * w))
         for s in range(0, len(hot), step):
             pb, pu = hot[s : s + step, 0], hot[s : s + step, 1]
@@ -438,7 +453,7 @@ class Tally:
                 p1 = p0 + n
                 t0, t1 = torch.searchsorted(tiles[0], torch.tensor([p0, p1], device=dev)).tolist()
                 j, pix = _tile_active(maps[p0:p1], t[p0:p1], t64[p0:p1], [v[t0:t1] for v in tiles], p0, rows_ax, cols_ax, sh, sw)
-                self._count(delta, ctx, pb[p0:p1], pu[p0:p1], j, pix)
+                yield pb[p0:p1], pu[p0:p1], j, pix
                 p0 = p1
 
     def _axis(self, n_in: int, n_out: int, dim: int) -> _Axis:
