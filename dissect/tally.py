@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -358,6 +358,15 @@ class Tally:
             getattr(self, name).add_(d)
         self.images += len(items)
         self.committing = False
+
+    def reduce(self, dist: Any) -> None:
+        """Sum the ranks' counts (each rank tallied its own images): every rank then holds the totals."""
+        if dist is None or dist.world == 1:
+            return
+        for name in _FIELDS:
+            dist.sum_(getattr(self, name))
+        images = torch.tensor([self.images], dtype=torch.long)
+        self.images = int(dist.sum_(images)[0])
 
     def state(self) -> dict[str, np.ndarray]:
         """The running totals, for a checkpoint."""

@@ -10,6 +10,8 @@ the smallest of the second, read in one more pass. Ties collapse the range to on
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -21,8 +23,10 @@ _HIST, _COLLECT, _EDGE, _DONE = 0, 1, 2, 3
 class ExactQuantile:
     """Streams ``B x U x h x w`` activations; :meth:`result` equals ``numpy.quantile(a_k, level)``."""
 
-    def __init__(self, units: int, level: float, *, bins: int = 2048, cap: int = 1 << 14, max_passes: int = 40) -> None:
+    def __init__(self, units: int, level: float, *, bins: int = 2048, cap: int = 1 << 14, max_passes: int = 40, dist: Any = None) -> None:
         self.units, self.level, self.bins, self.cap = units, float(level), bins, cap
+        #: A :class:`concepts.dissect.distributed.Dist` when each rank streams its own share of the images.
+        self.dist = dist
         self.max_passes = max_passes
         self.n = 0
         self.min = torch.full((units,), np.inf, dtype=torch.float64)
@@ -79,6 +83,8 @@ class ExactQuantile:
 
     def end_pass(self) -> None:
         """Finish a pass: narrow the ranges, or read the order statistics from kept values."""
+        if self.dist is not None and self.dist.world > 1:
+            self._sync()
         if self.first:
             self._start()
             return
@@ -126,6 +132,26 @@ class ExactQuantile:
         self._reset_counts(dev)
 
     # -- internals ------------------------------------------------------------------------------
+    def _sync(self) -> None:
+        """Combine the ranks' counts, extrema and kept values: every rank then holds the one-process state."""
+        d = self.dist
+        if self.first:
+            n = torch.tensor([self.n], dtype=torch.long)
+            self.n = int(d.sum_(n)[0])
+            d.min_(self.min)
+            d.max_(self.max)
+            return
+        for t in (self.below, self.hist):
+            d.sum_(t)
+        for t in (self.inmin, self.edge_hi):
+            d.min_(t)
+        for t in (self.inmax, self.edge_lo):
+            d.max_(t)
+        units = np.concatenate(self.kept_units) if self.kept_units else np.zeros(0, np.int64)
+        values = np.concatenate(self.kept_values) if self.kept_values else np.zeros(0)
+        # Kept values are sorted before they are read, so their order across ranks does not matter.
+        self.kept_units, self.kept_values = [d.concat(units.astype(np.int64))], [d.concat(values.astype(np.float64))]
+
     def _start(self) -> None:
         self.first = False
         if self.n == 0:
