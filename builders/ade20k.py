@@ -283,16 +283,7 @@ def read_atr(path: Path) -> dict[tuple[int, int], tuple[int, tuple[str, ...]]]:
     (FORMATS.md B.1), split at ``#`` with the spaces around trimmed, as loadAde20K.m reads them;
     the attribute list is the rest of the row, so a ``#`` inside the quotes is kept there.
     """
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SourceItemError("attribute file is missing", path=path, reason="missing annotation") from None
-    except OSError as e:
-        raise SourceItemError(f"cannot read the attribute file ({e.strerror or e})", path=path, reason="unreadable annotation") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # as for the 2021 JSON: any byte decodes, ASCII names stay intact
+    text = _read_text(path, "attribute file")
     rows: dict[tuple[int, int], tuple[int, tuple[str, ...]]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -492,19 +483,24 @@ class Ade20k2021Builder(_AdeRelease):
         return _json_names(inside_input(self.base, image.with_suffix(".json"), what="annotation JSON"))
 
 
-def _json_names(path: Path) -> dict[int, tuple[str, ...]]:
-    """``name_ndx`` -> WordNet names of the objects and parts listed in an image's JSON."""
+def _read_text(path: Path, what: str) -> str:
+    """A per-image text file of the release; an unreadable one skips the item in one line."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise SourceItemError("annotation JSON is missing", path=path, reason="missing annotation") from None
+        raise SourceItemError(f"{what} is missing", path=path, reason="missing annotation") from None
     except OSError as e:
-        raise SourceItemError(f"cannot read the annotation JSON ({e.strerror or e})", path=path, reason="unreadable annotation") from None
+        raise SourceItemError(f"cannot read the {what} ({e.strerror or e})", path=path, reason="unreadable annotation") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        # Some ADE JSON files are not UTF-8; Latin-1 decodes any byte and keeps ASCII names intact.
-        text = raw.decode("latin-1")
+        # Some ADE files are not UTF-8; Latin-1 decodes any byte and keeps ASCII names intact.
+        return raw.decode("latin-1")
+
+
+def _json_names(path: Path) -> dict[int, tuple[str, ...]]:
+    """``name_ndx`` -> WordNet names of the objects and parts listed in an image's JSON."""
+    text = _read_text(path, "annotation JSON")
     try:
         objects = json.loads(text)["annotation"]["object"]
         if not isinstance(objects, list):

@@ -49,7 +49,7 @@ from pycocotools import mask as cocomask
 
 from concepts.broden.format import check_label_name, shown
 from concepts.builders import register
-from concepts.builders._raster import Shape, box_points, check_canvas, finite_points, paint_record, polygon_mask, shape_mask
+from concepts.builders._raster import COCO_SANE_MARGIN, Shape, box_points, check_canvas, finite_points, paint_record, polygon_mask, shape_mask
 from concepts.builders import coco_panoptic as panoptic
 from concepts.builders._export import ExportBuilder, contained
 from concepts.builders.base import Detection
@@ -62,9 +62,6 @@ from concepts.vocabulary import normalize_name
 log = logging.getLogger(__name__)
 
 _NOT_CONCEPTS = {"occluded", "rotation", "track_id", "keyframe", "z_order"}
-#: Polygons whose vertices lie this far outside the canvas are rasterised here, not by pycocotools
-#: (whose rasteriser allocates per unit of outline length and overflows on huge coordinates).
-_SANE_MARGIN = 4
 
 
 @dataclass
@@ -192,13 +189,13 @@ def coco_mask(shape: Shape, height: int, width: int, path: Path) -> np.ndarray:
         return shape_mask(shape, height, width, path)
     seg = shape.data
     if isinstance(seg, list):
-        reach = _SANE_MARGIN * max(height, width) + 16
+        reach = COCO_SANE_MARGIN * max(height, width) + 16
         if all(max(abs(v) for v in poly) <= reach for poly in seg):
             rles = cocomask.frPyObjects(seg, height, width)
             return cocomask.decode(cocomask.merge(rles)).astype(bool)
         out = np.zeros((height, width), dtype=bool)
         for poly in seg:
-            out ^= polygon_mask(np.asarray(poly, dtype=np.float64).reshape(-1, 2), height, width)
+            out |= polygon_mask(np.asarray(poly, dtype=np.float64).reshape(-1, 2), height, width)  # a union, as merge()
         return out
     h, w, runs = seg
     decoded = _decode_rle(h, w, runs)
