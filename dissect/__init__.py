@@ -13,7 +13,21 @@ layers (:mod:`dissect.hooks`, :mod:`dissect.features`), per-unit thresholds
 :mod:`dissect.run` ties them together. DISSECTION.md is the specification.
 """
 
-from concepts.dissect.results import DissectResult
-from concepts.dissect.run import DissectConfig, dissect
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["DissectConfig", "DissectResult", "dissect"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: `concepts report` reads results and must not pay for torch and scipy.
+    if name in ("DissectConfig", "dissect"):
+        from concepts.dissect import run
+
+        return getattr(run, name)
+    if name == "DissectResult":
+        from concepts.dissect.results import DissectResult
+
+        return DissectResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext as _nothing
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +184,15 @@ class FeatureStore:
         for name, path in self._paths(self.shapes).items():
             self.maps[name] = _Rows(path, n, self.shapes[name], self.dtype, create=True)
 
-    def batches(self, *, labels: bool, desc: str, start: int = 0) -> Iterator[Batch]:
-        """Yield ``(items or None, features by layer)`` over ``samples[start:]`` in order."""
+    def batches(self, *, labels: bool, desc: str, start: int = 0, order: Sequence[int] | None = None) -> Iterator[Batch]:
+        """Yield ``(items or None, features by layer)`` over ``samples[start:]`` in order, or over every image in ``order``.
+
+        With ``order`` (a permutation of the image positions), batch ``b`` holds images
+        ``order[b * batch_size ...]``, and each item's ``index`` is still its position in ``samples``.
+        """
+        if order is not None:
+            yield from self._ordered(labels, desc, np.asarray(order, np.int64))
+            return
         n, bs = len(self.samples), self.batch_size
         total = -(-(n - start) // bs)
         if self.maps is not None:
@@ -199,6 +207,42 @@ class FeatureStore:
         with capture(self.model, self.layers, layout=self.layout, output=self.layer_output) as grab:
             for items in progress(self._loader(True, labels, start), desc=desc, total=total, unit="batch"):
                 yield (items if labels else None), self._forward(grab, items)
+
+    def _ordered(self, labels: bool, desc: str, order: np.ndarray) -> Iterator[Batch]:
+        n, bs = len(self.samples), self.batch_size
+        if sorted(order.tolist()) != list(range(n)):
+            raise ValueError("order must be a permutation of the images")
+        total = -(-n // bs)
+        if self.maps is not None and not labels:
+            for i0 in progress(range(0, n, bs), desc=desc, total=total, unit="batch"):
+                yield None, self._rows(order[i0 : i0 + bs])
+            return
+        samples = [self.samples[i] for i in order]
+        cached = self.maps is not None
+        load = loader(self.ds, samples, self.categories, mean_std=self.mean_std, images=not cached, labels=labels,
+                      batch_size=bs, workers=self.workers, pin=self.device.type == "cuda")
+        with capture(self.model, self.layers, layout=self.layout, output=self.layer_output) if not cached else _nothing() as grab:
+            for items in progress(load, desc=desc, total=total, unit="batch"):
+                at = [it.index for it in items]
+                feats = self._rows(order[at]) if cached else self._forward(grab, items)
+                for it in items:
+                    it.index = int(order[it.index])
+                yield (items if labels else None), feats
+
+    def _rows(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """Cache rows ``rows`` (any order), read in runs of consecutive rows."""
+        assert self.maps is not None
+        out = {}
+        for k, m in self.maps.items():
+            parts, i = [], 0
+            while i < len(rows):
+                j = i + 1
+                while j < len(rows) and rows[j] == rows[j - 1] + 1:
+                    j += 1
+                parts.append(m.read(int(rows[i]), int(rows[j - 1]) + 1))
+                i = j
+            out[k] = torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0]).to(self.device, non_blocking=True)
+        return out
 
     def close(self) -> None:
         """Close the cache files (they go with the run's work folder)."""

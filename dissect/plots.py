@@ -3,11 +3,19 @@
 Every figure has a table function that returns exactly the numbers it draws, so notebooks and
 tests can use either:
 
-- :func:`detectors_per_category` -> :func:`plot_categories` (unique concepts and detectors per
-  category, one bar group per category and one bar per run and layer);
-- :func:`detectors_per_layer` -> :func:`plot_layers` (detectors of each category as a % of the
-  layer's units, across layers);
-- :func:`detectors_per_concept` -> :func:`plot_concepts` (units detecting each concept).
+- :func:`detectors_per_category` -> :func:`plot_unique_layers` (unique concepts per category
+  across layers, stacked bars, one panel per run: the figure of the paper and the book) and
+  :func:`plot_categories` (unique concepts and detectors per category; series told apart by hatch);
+- :func:`interpretable_per_layer` -> :func:`plot_interpretable` (detectors as a % of units per
+  layer, with the random-weights baseline when ``summary.json`` has one);
+- :func:`detectors_per_layer` -> :func:`plot_layers` (each category's detectors as a % of units);
+- :func:`detectors_per_concept` -> :func:`plot_concepts` (units per concept, coloured by category);
+- ``Run.sweep`` -> :func:`plot_sweep` (detectors against the IoU threshold, one line per quantile).
+
+Every category keeps one colour in every figure (:func:`category_colors`); several runs get one
+panel each (so layers of different architectures never share an axis) or, in
+:func:`plot_categories`, hatches. A run with random weights is named so in every title.
+:func:`save_figure` writes PNG, SVG (text kept as text) and the figure's numbers as CSV.
 
 A unit is a detector when its IoU (the tally's ``score``) exceeds the run's ``--iou-threshold``,
 and its category and concept are the tally's ``category`` and ``label``, as in ``summary.json``.
@@ -21,6 +29,7 @@ import io
 import json
 import math
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from concepts.errors import UnsafeInputError, UsageError
-from concepts.dissect.results import atomic_write, layer_files
+from concepts.dissect.results import atomic_write, layer_files, safe_name
 
 #: Column names of the per-category table, in order.
 CATEGORY_COLUMNS = ["run", "layer", "category", "units", "detectors", "unique_concepts", "detectors_pct"]
@@ -48,6 +57,7 @@ class Run:
     record: dict[str, Any]
     layers: list[str]
     _tallies: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    _summary: dict[str, Any] | None = field(default=None, repr=False)
 
     def params(self, layer: str) -> dict[str, Any]:
         """The arguments that produced a layer's results (``run.json`` ``layers.<layer>.params``)."""
@@ -55,7 +65,7 @@ class Run:
         return self.record["layers"][layer].get("params", {})
 
     def file(self, layer: str, kind: str) -> Path:
-        """Path of one of a layer's result files (``tally``, ``matrices``, ``thresholds``, ``topk``), inside the run folder."""
+        """Path of one of a layer's result files (``tally``, ``matrices``, ``thresholds``, ``topk``, ``topmaps``), inside the run folder."""
         self._check_layer(layer)
         name = self.record["layers"][layer].get("files", {}).get(kind) or layer_files(layer)[kind]
         return _inside(self.path, name, self.path / "run.json", f"layers.{layer}.files.{kind}")
@@ -134,6 +144,88 @@ class Run:
             return np.array(arr, np.float32).reshape(-1)
         except (OSError, ValueError, EOFError) as e:
             raise UsageError(f"cannot read thresholds: {e}", path=path) from None
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the run dissected a network with random weights (its ``model`` entry says so, or no weights were given)."""
+        model = self.record.get("model")
+        if isinstance(model, dict):
+            if model.get("random") is True:
+                return True
+            tags = [model.get(k) for k in ("weights", "weights_hash")]
+            if any(isinstance(t, str) and t.split(":")[0] == "random" for t in tags):
+                return True
+            if any(isinstance(t, str) and t for t in tags):
+                return False
+        args = self.record.get("args", {})
+        name = str(args.get("model") or "")
+        # A factory builds its own weights; only a named architecture without weights is surely random.
+        return args.get("pretrained") is False and not args.get("weights") and ":" not in name
+
+    @property
+    def title(self) -> str:
+        """The run's name as figures and pages show it, marked when its weights are random."""
+        return f"{self.name} (random weights)" if self.random_weights else self.name
+
+    def layer_summary(self, layer: str) -> dict[str, Any]:
+        """The layer's entry of ``summary.json`` (or of ``run.json``'s summary), ``{}`` when neither has one."""
+        self._check_layer(layer)
+        if self._summary is None:
+            found: Any = None
+            path = self.path / "summary.json"
+            if path.is_file():
+                _inside(self.path, "summary.json", self.path / "run.json", "summary.json")
+                try:
+                    found = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
+                    raise UsageError(f"cannot read summary: {(str(e).splitlines() or [type(e).__name__])[0]}", path=path) from None
+            if not isinstance(found, dict):
+                found = self.record.get("summary") if isinstance(self.record.get("summary"), dict) else {}
+            self._summary = found
+        entry = self._summary.get(layer)
+        return entry if isinstance(entry, dict) else {}
+
+    def topmaps(self, layer: str) -> Any:
+        """The layer's stored top-k activation maps (:class:`dissect.topmaps.TopMaps`), or None for a run made before they were kept."""
+        from concepts.dissect.topmaps import load_topmaps
+
+        path = self.file(layer, "topmaps")
+        return load_topmaps(path) if path.is_file() else None
+
+    def matrices(self, layer: str) -> dict[str, np.ndarray]:
+        """The layer's ``iou`` (units x labels), ``label_names`` and ``categories`` from its matrices file."""
+        path = self.file(layer, "matrices")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                out = {k: z[k] for k in ("iou", "label_names", "categories", "primary") if k in z.files}
+        except FileNotFoundError:
+            raise UsageError("matrices file is missing", path=path) from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise UsageError(f"cannot read matrices: {(str(e).splitlines() or [type(e).__name__])[0]}", path=path) from None
+        if "iou" not in out or "label_names" not in out or out["iou"].ndim != 2 or out["iou"].shape[1] != len(out["label_names"]):
+            raise UsageError("matrices file has no units x labels 'iou' array matching its 'label_names'", path=path)
+        return out
+
+    def sweep(self, layer: str) -> pd.DataFrame | None:
+        """The layer's ``sweep_{layer}.csv`` (detectors against the IoU threshold), or None when the run has none."""
+        self._check_layer(layer)
+        name = f"sweep_{safe_name(layer)}.csv"
+        if not os.path.lexists(self.path / name):
+            return None
+        path = _inside(self.path, name, self.path / "run.json", name)
+        columns = ["quantile", "iou_threshold", "category", "detectors", "unique_concepts"]
+        try:
+            df = pd.read_csv(path, dtype={"category": str}, keep_default_na=False)
+            missing = [c for c in columns if c not in df.columns]
+            if missing:
+                raise ValueError(f"no column(s) {', '.join(missing)}")
+            for c in ("quantile", "iou_threshold"):
+                df[c] = df[c].astype(float)
+            for c in ("detectors", "unique_concepts"):
+                df[c] = df[c].astype(np.int64)
+        except (ValueError, TypeError, OverflowError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+            raise UsageError(f"cannot read the threshold sweep: {(str(e).splitlines() or [type(e).__name__])[0]}", path=path) from None
+        return df[columns]
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self.record.get("layers", {}):
@@ -331,30 +423,123 @@ def detectors_per_concept(run: Run | str | Path, layer: str, category: str | Non
     return grouped.head(top) if top is not None else grouped
 
 
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)) else None
+
+
+def _level(block: Any, category: str | None) -> dict[str, Any]:
+    """A summary block itself (category None) or its entry for one category, ``{}`` when absent."""
+    if not isinstance(block, dict):
+        return {}
+    if category is None:
+        return block
+    cats = block.get("categories")
+    entry = cats.get(category) if isinstance(cats, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
+def _trust(r: Run, layer: str, category: str | None) -> dict[str, float]:
+    """The significance and random-baseline counts ``summary.json`` holds for a layer (or one category), when present.
+
+    ``significant_detectors`` and ``significant_unique_concepts`` sit beside ``detectors`` and
+    ``unique_concepts`` (per layer and under ``categories``); ``baseline`` has the shape of the
+    layer entry itself.
+    """
+    entry = r.layer_summary(layer)
+    here, base = _level(entry, category), _level(entry.get("baseline"), category)
+    out: dict[str, float] = {}
+    for key in ("detectors", "unique_concepts"):
+        for name, value in ((f"significant_{key}", here.get(f"significant_{key}")), (f"baseline_{key}", base.get(key))):
+            v = _number(value)
+            if v is not None:
+                out[name] = v
+    return out
+
+
+def interpretable_per_layer(runs: Run | str | Path | Sequence[Run | str | Path], layers: Sequence[str] | str | None = None) -> pd.DataFrame:
+    """Per run and layer: units, detectors, their % of units and unique concepts (with significance and baseline when present)."""
+    rows = []
+    for r in _runs(runs):
+        mine = _layers(r, layers)
+        for i, layer in enumerate(mine):
+            units = unit_table(r, layer)
+            det = units[units["detector"]]
+            n = int(len(units))
+            row: dict[str, Any] = {"run": r.name, "layer": layer, "depth": i / (len(mine) - 1) if len(mine) > 1 else 1.0, "units": n,
+                                   "detectors": int(len(det)), "detectors_pct": 100.0 * len(det) / n if n else 0.0, "unique_concepts": int(det["label"].nunique())}
+            trust = _trust(r, layer, None)
+            row.update(trust)
+            if "baseline_detectors" in trust:
+                row["baseline_pct"] = 100.0 * trust["baseline_detectors"] / n if n else 0.0
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def with_trust(table: pd.DataFrame, runs: Run | str | Path | Sequence[Run | str | Path]) -> pd.DataFrame:
+    """``detectors_per_category`` with the significant and baseline counts per category as extra columns, where the runs have them."""
+    by_name = {r.name: r for r in _runs(runs)}
+    extra = [_trust(by_name[row.run], row.layer, row.category) if row.run in by_name else {} for row in table.itertuples(index=False)]
+    return pd.concat([table.reset_index(drop=True), pd.DataFrame(extra, index=range(len(table)))], axis=1)
+
+
 # -- figures ---------------------------------------------------------------------------------
 
 _PALETTE = matplotlib.colormaps["tab10"].colors
+#: Broden's categories keep one colour in every figure; other categories take the next free ones.
+_KNOWN = ["object", "part", "scene", "material", "texture", "color"]
+#: Runs told apart by hatch where colour means category.
+HATCHES = ["", "///", "...", "xxx", "\\\\\\", "---", "ooo", "+++"]
 
 
-def _series_names(table: pd.DataFrame) -> list[tuple[str, str, str]]:
+def category_colors(categories: Iterable[str]) -> dict[str, Any]:
+    """One colour per category, the same in every figure (Broden's six fixed, others in order of appearance)."""
+    out: dict[str, Any] = {}
+    free = [i for i in range(len(_PALETTE)) if i >= len(_KNOWN)]
+    for c in dict.fromkeys(categories):
+        if c in _KNOWN:
+            out[c] = _PALETTE[_KNOWN.index(c)]
+        else:
+            out[c] = _PALETTE[free.pop(0)] if free else matplotlib.colormaps["tab20"].colors[len(out) % 20]
+    return out
+
+
+def _series_names(table: pd.DataFrame, titles: dict[str, str]) -> list[tuple[str, str, str]]:
     """(run, layer, legend text) of each bar series, naming only what varies."""
     pairs = list(dict.fromkeys(zip(table["run"], table["layer"])))
     one_run = len({p[0] for p in pairs}) == 1
     one_layer_each = all(sum(1 for q in pairs if q[0] == p[0]) == 1 for p in pairs)
     out = []
     for run, layer in pairs:
-        text = layer if one_run else run if one_layer_each else f"{run} {layer}"
+        name = titles.get(run, run)
+        text = layer if one_run else name if one_layer_each else f"{name} {layer}"
         out.append((run, layer, text))
     return out
 
 
+def _finish(ax: Any) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def _wrap(title: str, width: int = 28) -> str:
+    """A panel title broken into lines that fit a narrow panel."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width)) or title
+
+
 def plot_categories(runs: Run | str | Path | Sequence[Run | str | Path], layers: Sequence[str] | str | None = None) -> Figure:
-    """Bar charts of unique concepts and of detectors (% of units) per category, runs side by side."""
-    table = detectors_per_category(runs, layers)
+    """Bar charts of unique concepts and of detectors (% of units) per category; several series told apart by hatch.
+
+    Each category keeps its colour (:func:`category_colors`); the series (runs, or layers of one
+    run) are hatched bars side by side in each category's group, in legend order.
+    """
+    rs = _runs(runs)
+    table = detectors_per_category(rs, layers)
+    titles = {r.name: r.title for r in rs}
     cats = list(dict.fromkeys(table["category"]))
-    series = _series_names(table)
+    colors = category_colors(cats)
+    series = _series_names(table, titles)
     many = len(series) > 2
-    # Many series: panels stacked, so each can be wide enough for its groups of bars.
     panel = min(12.0, max(4.0, len(cats) * (0.2 * len(series) + 0.35) + 1.2))
     fig = Figure(figsize=(panel, 6.4) if many else (2 * panel, 3.6), layout="constrained")
     axes = fig.subplots(2, 1) if many else fig.subplots(1, 2)
@@ -364,8 +549,8 @@ def plot_categories(runs: Run | str | Path | Sequence[Run | str | Path], layers:
         for i, (run, layer, text) in enumerate(series):
             sel = table[(table["run"] == run) & (table["layer"] == layer)].set_index("category").reindex(cats)
             values = sel[column].fillna(0).to_numpy(float)
-            color = _PALETTE[i % len(_PALETTE)] if len(series) > 1 else [_PALETTE[j % len(_PALETTE)] for j in range(len(cats))]
-            bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=text, color=color)
+            hatch = HATCHES[i % len(HATCHES)] if len(series) > 1 else None
+            bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=text, color=[colors[c] for c in cats], hatch=hatch, edgecolor="white" if hatch else None, linewidth=0.5)
             if len(series) <= 3:
                 ax.bar_label(bars, labels=[f"{v:.0f}" if column == "unique_concepts" else f"{v:.1f}" for v in values], fontsize=7, padding=1)
         tilt = len(cats) * max(1, len(series)) > 12
@@ -373,90 +558,195 @@ def plot_categories(runs: Run | str | Path | Sequence[Run | str | Path], layers:
         ax.set_title(title, fontsize=10)
         if column == "unique_concepts":
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.spines[["top", "right"]].set_visible(False)
+        _finish(ax)
         ax.margins(y=0.15)
     if len(series) > 1:
-        axes[1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        from matplotlib.patches import Patch
+
+        handles = [Patch(facecolor="#bbbbbb", edgecolor="#333333", hatch=HATCHES[i % len(HATCHES)], label=text) for i, (_, _, text) in enumerate(series)]
+        axes[1].legend(handles=handles, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     elif series:
-        fig.suptitle(f"{series[0][0]} {series[0][1]}", fontsize=10)
+        fig.suptitle(f"{titles.get(series[0][0], series[0][0])} {series[0][1]}", fontsize=10)
+    return fig
+
+
+def _panels(n: int, width: float, height: float, sharey: bool = True) -> tuple[Figure, list[Any]]:
+    fig = Figure(figsize=(max(4.0, width * n), height), layout="constrained")
+    axes = fig.subplots(1, n, sharey=sharey, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def plot_unique_layers(runs: Run | str | Path | Sequence[Run | str | Path], layers: Sequence[str] | str | None = None, value: str = "unique_concepts") -> Figure:
+    """Unique detectors per category across layers: stacked bars, one bar per layer, one panel per run.
+
+    The figure of the paper and the book (``value="detectors"`` stacks detector units instead).
+    Each run has its own panel and layer axis, so architectures of different depth never share
+    x positions; categories keep one colour across panels.
+    """
+    rs = _runs(runs)
+    table = detectors_per_category(rs, layers)
+    cats = list(dict.fromkeys(table["category"]))
+    colors = category_colors(cats)
+    fig, axes = _panels(len(rs), max(2.6, 0.8 + 0.55 * max(len(_layers(r, layers)) for r in rs)), 3.6)
+    for ax, r in zip(axes, rs):
+        mine = table[table["run"] == r.name]
+        order = list(dict.fromkeys(mine["layer"]))
+        x = np.arange(len(order))
+        bottom = np.zeros(len(order))
+        for cat in cats:
+            v = mine[mine["category"] == cat].set_index("layer").reindex(order)[value].fillna(0).to_numpy(float)
+            ax.bar(x, v, 0.7, bottom=bottom, color=colors[cat], label=cat)
+            bottom += v
+        for xi, total in zip(x, bottom):
+            ax.annotate(f"{total:.0f}", (xi, total), ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
+        ax.set_xticks(x, order, rotation=30 if len(order) > 4 else 0, ha="right" if len(order) > 4 else "center")
+        ax.set_title(_wrap(r.title), fontsize=10)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.margins(y=0.12)
+        _finish(ax)
+    axes[0].set_ylabel("unique concepts detected" if value == "unique_concepts" else "detector units")
+    from matplotlib.patches import Patch
+
+    axes[-1].legend(handles=[Patch(color=colors[c], label=c) for c in reversed(cats)], fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def plot_interpretable(runs: Run | str | Path | Sequence[Run | str | Path], layers: Sequence[str] | str | None = None) -> Figure:
+    """The share of interpretable units (detectors, % of units) per layer, one panel per run; the random baseline as a marker when present."""
+    rs = _runs(runs)
+    table = interpretable_per_layer(rs, layers)
+    fig, axes = _panels(len(rs), max(2.6, 0.8 + 0.55 * max(len(_layers(r, layers)) for r in rs)), 3.4)
+    for ax, r in zip(axes, rs):
+        mine = table[table["run"] == r.name]
+        x = np.arange(len(mine))
+        bars = ax.bar(x, mine["detectors_pct"].to_numpy(float), 0.7, color="#4c72b0", label="trained" if "baseline_pct" in mine else "detectors")
+        ax.bar_label(bars, labels=[f"{v:.0f}%" for v in mine["detectors_pct"]], fontsize=7, padding=1)
+        if "baseline_pct" in mine and mine["baseline_pct"].notna().any():
+            ax.scatter(x, mine["baseline_pct"].to_numpy(float), marker="_", s=300, color="#c44e52", zorder=3, label="random baseline")
+            ax.legend(fontsize=7, frameon=False)
+        order = mine["layer"].tolist()
+        ax.set_xticks(x, order, rotation=30 if len(order) > 4 else 0, ha="right" if len(order) > 4 else "center")
+        ax.set_title(_wrap(r.title), fontsize=10)
+        ax.margins(y=0.12)
+        _finish(ax)
+    axes[0].set_ylabel("interpretable units (% of units)")
     return fig
 
 
 def plot_layers(runs: Run | str | Path | Sequence[Run | str | Path], layers: Sequence[str] | str | None = None) -> Figure:
-    """Detectors per category as a % of units across layers; one line per category (and run)."""
+    """Detectors per category as a % of units across layers; one line per category, one panel per run."""
     rs = _runs(runs)
-    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
-    ax = fig.subplots()
-    styles = ["-", "--", ":", "-."]
+    fig, axes = _panels(len(rs), 1.5 + 0.6 * max(2, max(len(_layers(r, layers)) for r in rs)), 3.6)
     colors: dict[str, Any] = {}
-    names: list[list[str]] = []
-    for i, r in enumerate(rs):
+    for ax, r in zip(axes, rs):
         wide = detectors_per_layer(r, layers)
+        colors.update({c: v for c, v in category_colors(list(colors) + list(wide.columns)).items() if c not in colors})
         x = np.arange(len(wide.index))
         for cat in wide.columns:
-            color = colors.setdefault(cat, _PALETTE[len(colors) % len(_PALETTE)])
-            label = cat if len(rs) == 1 else f"{r.name} {cat}"
-            ax.plot(x, wide[cat].to_numpy(float), styles[i % len(styles)], marker="o", color=color, label=label)
-        for j, layer in enumerate(wide.index):
-            if j == len(names):
-                names.append([])
-            if layer not in names[j]:
-                names[j].append(layer)
-    # Runs of different architectures share the axis by depth: a tick names each run's layer there.
-    ax.set_xticks(np.arange(len(names)), [" / ".join(n) for n in names])
-    ax.set_ylabel("detectors (% of units)")
-    ax.set_xlabel("layer")
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    if len(rs) == 1:
-        ax.set_title(rs[0].name, fontsize=10)
+            ax.plot(x, wide[cat].to_numpy(float), "-", marker="o", color=colors[cat], label=cat if len(rs) == 1 else f"{r.name} {cat}")
+        ax.set_xticks(x, list(wide.index))
+        ax.set_xlabel("layer")
+        ax.set_title(r.title, fontsize=10)
+        _finish(ax)
+    axes[0].set_ylabel("detectors (% of units)")
+    from matplotlib.lines import Line2D
+
+    axes[-1].legend(handles=[Line2D([], [], color=v, marker="o", label=c) for c, v in colors.items()], fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 
-def plot_concepts(run: Run | str | Path, layer: str, category: str | None = None, top: int = 20) -> Figure:
-    """Horizontal bars of the number of detectors per concept (the ``top`` most detected)."""
-    table = detectors_per_concept(run, layer, category, top)
+def plot_concepts(runs: Run | str | Path | Sequence[Run | str | Path], layer: str | Sequence[str], category: str | None = None, top: int = 20) -> Figure:
+    """Detectors per concept, bars coloured by category (NetDissect-Lite's chart), one panel per run.
+
+    ``layer`` is one layer name, or one per run when several runs are compared.
+    """
+    rs = _runs(runs)
+    names = [layer] * len(rs) if isinstance(layer, str) else list(layer)
+    tables = [detectors_per_concept(r, lay, category, top) for r, lay in zip(rs, names)]
+    colors = category_colors([c for r, lay in zip(rs, names) for c in r.categories(lay)])
+    rows = max([1] + [len(t) for t in tables])
+    fig, axes = _panels(len(rs), 5.0, 0.9 + 0.22 * rows, sharey=False)
+    for ax, r, lay, table in zip(axes, rs, names, tables):
+        y = np.arange(len(table))
+        bars = ax.barh(y, table["detectors"].to_numpy(int), color=[colors[c] for c in table["category"]])
+        ax.bar_label(bars, fontsize=7, padding=1)
+        ax.set_yticks(y, list(table["concept"]), fontsize=8)
+        ax.set_ylim(rows - 0.5, -0.5)
+        ax.set_xlabel("detectors (units)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _finish(ax)
+        ax.set_title(f"{r.title} {lay}" + (f": {category}" if category else ""), fontsize=10)
+        if table.empty:
+            ax.text(0.5, 0.5, "no detectors", ha="center", va="center", transform=ax.transAxes)
+    shown = [c for c in colors if any(c in set(t["category"]) for t in tables)]
+    if shown and category is None:
+        from matplotlib.patches import Patch
+
+        axes[-1].legend(handles=[Patch(color=colors[c], label=c) for c in shown], fontsize=8, frameon=False, loc="lower right")
+    return fig
+
+
+def plot_sweep(run: Run | str | Path, layer: str, category: str = "all") -> Figure:
+    """Detectors against the IoU threshold (``sweep_{layer}.csv``), one line per activation quantile."""
     (r,) = _runs(run)
-    fig = Figure(figsize=(5.0, 0.9 + 0.22 * max(1, len(table))), layout="constrained")
+    table = r.sweep(layer)
+    if table is None:
+        raise UsageError(f"the run has no threshold sweep for layer {layer} (sweep_{safe_name(layer)}.csv)", path=r.path)
+    sel = table[table["category"] == category]
+    fig = Figure(figsize=(5.2, 3.4), layout="constrained")
     ax = fig.subplots()
-    y = np.arange(len(table))
-    bars = ax.barh(y, table["detectors"].to_numpy(int), color=_PALETTE[0])
-    ax.bar_label(bars, fontsize=7, padding=1)
-    ax.set_yticks(y, list(table["concept"]), fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("detectors (units)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.set_title(f"{r.name} {layer}" + (f": {category}" if category else ""), fontsize=10)
-    if table.empty:
-        ax.text(0.5, 0.5, "no detectors", ha="center", va="center", transform=ax.transAxes)
+    for i, (q, g) in enumerate(sel.groupby("quantile", sort=True)):
+        g = g.sort_values("iou_threshold")
+        ax.plot(g["iou_threshold"].to_numpy(float), g["detectors"].to_numpy(int), marker="o", ms=3, color=_PALETTE[i % len(_PALETTE)], label=f"quantile {q:g}")
+    ax.axvline(r.iou_threshold(layer), color="#888888", lw=0.8, ls="--")
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylabel("detectors (units)" + ("" if category == "all" else f", {category}"))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{r.title} {layer}", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    _finish(ax)
     return fig
 
 
-def save_figure(fig: Figure, stem: Path, dpi: int = 100) -> list[Path]:
-    """Write ``stem.png`` and ``stem.svg`` atomically, with no date or random ids (deterministic)."""
+def save_figure(fig: Figure, stem: Path, dpi: int = 100, table: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``stem.png`` and ``stem.svg`` atomically, no date or random ids (deterministic), and ``stem.csv`` of ``table`` when given."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
-    with matplotlib.rc_context({"svg.hashsalt": "concepts", "svg.fonttype": "path"}):
+    engine = fig.get_layout_engine()
+    # SVG text stays text (editable in a paper's figure); the layout is computed once, for the PNG.
+    with matplotlib.rc_context({"svg.hashsalt": "concepts", "svg.fonttype": "none"}):
         for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
             buf = io.BytesIO()
             fig.savefig(buf, format=ext, dpi=dpi, metadata=meta)
             path = stem.with_name(f"{stem.name}.{ext}")
             atomic_write(path, buf.getvalue())
             out.append(path)
+            fig.set_layout_engine("none")
+    fig.set_layout_engine(engine)
+    if table is not None:
+        path = stem.with_name(f"{stem.name}.csv")
+        atomic_write(path, table.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+        out.append(path)
     return out
 
 
 __all__ = [
+    "HATCHES",
     "Run",
+    "category_colors",
     "detectors_per_category",
     "detectors_per_concept",
     "detectors_per_layer",
+    "interpretable_per_layer",
     "load_run",
     "load_runs",
     "plot_categories",
     "plot_concepts",
+    "plot_interpretable",
     "plot_layers",
+    "plot_sweep",
+    "plot_unique_layers",
     "save_figure",
     "unit_table",
+    "with_trust",
 ]

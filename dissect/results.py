@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from concepts.dissect.tally import iou as compute_iou
 
 
 def safe_name(layer: str) -> str:
@@ -29,6 +28,7 @@ def layer_files(layer: str) -> dict[str, str]:
         "matrices": f"matrices_{s}.npz",
         "thresholds": f"thresholds_{s}.npy",
         "topk": f"topk_{s}.csv",
+        "topmaps": f"topmaps_{s}.npz",
     }
 
 
@@ -103,16 +103,38 @@ def write_layer(
     iou_threshold: float,
     topk: tuple[np.ndarray, np.ndarray],
     images: Sequence[str],
+    *,
+    significance: tuple[Any, Any] | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write a layer's tally CSV, matrices, thresholds and top-k images; return its summary."""
-    files = {k: out / v for k, v in layer_files(layer).items()}
+    """Write a layer's tally CSV, matrices, thresholds and top-k images; return its summary.
+
+    ``significance``: the layer's ``(Counts, Result)`` from :mod:`concepts.dissect.significance`,
+    whose columns are appended to the tally and whose arrays join the matrices. ``names``: other
+    file names for ``tally``, ``matrices``, ``thresholds`` (and ``topk``, written only when named),
+    for a random baseline or another quantile.
+    """
+    from concepts.dissect.tally import iou as compute_iou  # torch only when results are written
+
+    files = {k: out / v for k, v in (names or layer_files(layer)).items()}
     iou = compute_iou(arrays)
     rows, unit_label, unit_score, best = tally_rows(arrays, iou, primary, categories, label_names)
     fields = ["unit", "category", "label", "score"] + [f"{c}-{f}" for c in categories for f in ("label", "truth", "activation", "intersect", "iou")]
+    extra: dict[str, np.ndarray] = {}
+    if significance is not None:
+        from concepts.dissect.significance import COLUMNS
+
+        counts, result = significance
+        per_unit = result.columns()
+        for row in rows:
+            row.update(per_unit[row["unit"]])
+        fields += list(COLUMNS)
+        extra = {**counts.matrices(), **result.matrices()}
     atomic_write(files["tally"], _csv(fields, rows))
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
+        **extra,
         iou=iou.astype(np.float32),
         intersection=arrays["intersection"],
         activation=arrays["activation"],
@@ -124,9 +146,11 @@ def write_layer(
     )
     atomic_write(files["matrices"], buf.getvalue())
     buf = io.BytesIO()
-    np.save(buf, np.asarray(thresholds, np.float32))
+    np.save(buf, np.asarray(thresholds, np.float64))
     atomic_write(files["thresholds"], buf.getvalue())
     values, index = topk
+    if "topk" not in files:
+        return layer_summary(unit_score, unit_label, best, categories, iou_threshold)
     top_rows = [
         {"unit": u + 1, "rank": r + 1, "image_index": int(index[r, u]), "image": images[int(index[r, u])], "max_activation": float(values[r, u])}
         for u in range(values.shape[1])
@@ -134,12 +158,44 @@ def write_layer(
         if index[r, u] >= 0
     ]
     atomic_write(files["topk"], _csv(["unit", "rank", "image_index", "image", "max_activation"], top_rows))
+    summary = layer_summary(unit_score, unit_label, best, categories, iou_threshold)
+    if significance is not None:
+        from concepts.dissect.significance import add_to_summary
+
+        add_to_summary(summary, significance[1].significant, unit_label, best, categories)
+    return summary
+
+
+def layer_summary(unit_score: np.ndarray, unit_label: np.ndarray, best: np.ndarray, categories: Sequence[str], iou_threshold: float) -> dict[str, Any]:
+    """Units, detectors (score above ``iou_threshold``) and unique concepts, overall and per category."""
     detector = unit_score > iou_threshold
     summary: dict[str, Any] = {"units": int(len(unit_score)), "detectors": int(detector.sum()), "unique_concepts": int(len(set(unit_label[detector].tolist()))), "categories": {}}
     for c, cat in enumerate(categories):
         sel = detector & (best == c)
         summary["categories"][cat] = {"detectors": int(sel.sum()), "unique_concepts": int(len(set(unit_label[sel].tolist())))}
     return summary
+
+
+#: The IoU thresholds of ``sweep_{layer}.csv``: 0.01 to 0.20 in steps of 0.01.
+SWEEP_IOU = tuple(round(0.01 * i, 2) for i in range(1, 21))
+
+
+def sweep_rows(iou: np.ndarray, primary: np.ndarray, categories: Sequence[str], quantile: float, grid: Sequence[float] = SWEEP_IOU) -> list[dict[str, Any]]:
+    """Detectors and unique concepts at each IoU threshold of ``grid`` (category ``all`` first, then each category)."""
+    label, score, best = best_labels(iou, primary, len(categories))
+    u = np.arange(iou.shape[0])
+    unit_score, unit_label = score[best, u], label[best, u]
+    rows = []
+    for t in grid:
+        s = layer_summary(unit_score, unit_label, best, categories, t)
+        rows.append({"quantile": quantile, "iou_threshold": t, "category": "all", "detectors": s["detectors"], "unique_concepts": s["unique_concepts"]})
+        rows += [{"quantile": quantile, "iou_threshold": t, "category": c, **v} for c, v in s["categories"].items()]
+    return rows
+
+
+def write_sweep(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write ``sweep_{layer}.csv``."""
+    atomic_write(path, _csv(["quantile", "iou_threshold", "category", "detectors", "unique_concepts"], rows))
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -37,11 +38,15 @@ from concepts.hub import HubDataset, open_any
 from concepts.errors import ConceptsError, DatasetFormatError, OutputExistsError, UsageError
 from concepts.dissect.features import FeatureStore
 from concepts.dissect.hooks import check_layers
-from concepts.dissect.models import LoadedModel, file_hash, load_model, parse_device, parse_model_args, parse_normalize, resolve_preprocess
-from concepts.dissect.results import DissectResult, atomic_write, layer_files, write_json, write_layer
+from concepts.dissect.layouts import parse_layout
+from concepts.dissect.models import LoadedModel, file_hash, is_factory, load_model, parse_device, parse_model_args, parse_normalize, resolve_preprocess
+from concepts.dissect.results import DissectResult, atomic_write, best_labels, layer_files, safe_name, sweep_rows, write_json, write_layer, write_sweep
+from concepts.dissect.significance import Significance, candidate_labels, evaluate
 from concepts.staging import MARKER, OutputWriteError, guard_target, is_output, write_failed, write_marker
 from concepts.dissect.tally import UNIONS, Tally
+from concepts.dissect.tally import iou as compute_iou
 from concepts.dissect.thresholds import ExactQuantile
+from concepts.dissect.topmaps import save_topmaps
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ class DissectConfig:
     pretrained: bool = False
     trust_pickle: bool = False
     categories: list[str] | None = None
-    quantile: float = 0.005
+    quantile: float = 0.005  # or a list: the first makes the main outputs, the others go to sweep_quantiles
     iou_threshold: float = 0.04
     union: str = "ndlite"
     normalize: str = "auto"  # auto: the model's own mean and std when it states them, else imagenet
@@ -72,10 +77,17 @@ class DissectConfig:
     cache_budget_gb: float = 8.0
     force: bool = False
     checkpoint_s: float = 60.0  # how often an unfinished run saves what it has done
-    layout: str | None = None  # how layer outputs hold units (dissect.hooks.parse_layout); None: from the model
+    layout: str | None = None  # how layer outputs hold units (dissect.layouts.parse_layout); None: from the model
     layer_output: str | None = None  # which element of a tuple, dict or ModelOutput layer output; None: the hidden state
     model_args: dict[str, str] = field(default_factory=dict)  # --model-arg KEY=VALUE for a factory or timm model
     preprocess: Any = None  # the model's own preprocessing given from Python (weights.transforms(), (mean, std), ...)
+    significance: bool = True  # permutation null, bootstrap intervals and Benjamini-Hochberg (dissect.significance)
+    alpha: float = 0.05  # false discovery rate of the significant detectors
+    null_shifts: int = 8  # K: label derangements of the permutation null
+    bootstrap: int = 1000  # B: bootstrap resamples of the images for the IoU intervals
+    seed: int = 0  # seeds the null's pairings, the bootstrap and the random baseline's weights
+    baseline: str | None = None  # "random": also dissect the architecture with random weights
+    sweep_quantiles: list[float] = field(default_factory=list)  # more quantiles after the first (--quantile A,B,C)
 
 
 def default_workers() -> int:
@@ -114,7 +126,19 @@ def _finite(name: str, value: float, low: float, high: float, *, open_low: bool 
 def _check(cfg: DissectConfig) -> None:
     if not cfg.layers:
         raise UsageError("give at least one --layer")
+    if isinstance(cfg.quantile, (list, tuple)):
+        # The first quantile makes the main outputs; the others go to the sweeps (and .q files).
+        if not cfg.quantile:
+            raise UsageError("--quantile: give at least one value")
+        cfg.quantile, cfg.sweep_quantiles = cfg.quantile[0], list(cfg.quantile[1:]) + list(cfg.sweep_quantiles)
     _finite("--quantile", cfg.quantile, 0, 1, open_low=True, open_high=True)
+    for q in cfg.sweep_quantiles:
+        _finite("--quantile", q, 0, 1, open_low=True, open_high=True)
+    if len({float(q) for q in [cfg.quantile, *cfg.sweep_quantiles]}) != 1 + len(cfg.sweep_quantiles):
+        raise UsageError(f"--quantile {','.join(f'{q:g}' for q in [cfg.quantile, *cfg.sweep_quantiles])}: a value is given twice")
+    if cfg.sweep_quantiles and cfg.thresholds:
+        raise UsageError("--quantile with several values and --thresholds: a thresholds file fixes the thresholds, so there is no quantile to sweep; give one of them")
+    _check_trust(cfg)
     _finite("--iou-threshold", cfg.iou_threshold, 0, 1)
     _finite("--cache-gb", cfg.cache_budget_gb, 0, 1e6)
     if cfg.union not in UNIONS:
@@ -130,6 +154,7 @@ def _check(cfg: DissectConfig) -> None:
         raise UsageError(f"--split {cfg.split!r}: a split name is letters, digits, '_', '-' and '.'")
     parse_device(cfg.device)
     parse_normalize(cfg.normalize)
+    parse_layout(cfg.layout)
     cfg.model_args = parse_model_args(cfg.model_args)
     unknown = [k for k in cfg.thresholds if k and k not in cfg.layers]
     if unknown:
@@ -138,6 +163,19 @@ def _check(cfg: DissectConfig) -> None:
         if not Path(path).is_file():
             raise UsageError("--thresholds file not found", path=path)
         _read_thresholds(Path(path))  # a bad file is refused now, not after the forward pass starts
+
+
+def _check_trust(cfg: DissectConfig) -> None:
+    """Refuse bad significance and baseline options in one line each."""
+    for name, value in (("significance", cfg.significance),):
+        if not isinstance(value, bool):
+            raise UsageError(f"{name}={value!r}: must be True or False")
+    _finite("--alpha", cfg.alpha, 0, 1, open_low=True)
+    for name, value, low in (("--null-shifts", cfg.null_shifts, 2), ("--bootstrap", cfg.bootstrap, 2), ("--seed", cfg.seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UsageError(f"{name} {value}: must be a whole number of at least {low}")
+    if cfg.baseline not in (None, "random"):
+        raise UsageError(f"--baseline {cfg.baseline!r}: the one baseline is 'random' (the same architecture with random weights)")
 
 
 def _preflight(ds: Any, samples: list[Any], categories: list[str]) -> None:
@@ -165,7 +203,7 @@ def _read_thresholds(path: Path) -> np.ndarray:
         raise UsageError("is not one .npy array of thresholds", path=path)
     if arr.dtype.kind not in "fiu":
         raise UsageError(f"holds {arr.dtype} values, not numbers; thresholds must be a float array", path=path)
-    arr = np.array(arr, np.float32).reshape(-1)
+    arr = np.array(arr, np.float64).reshape(-1)  # float64 as given: the comparison is the reference's
     nan = int(np.isnan(arr).sum())
     if nan:
         raise UsageError(f"holds {nan} NaN threshold(s) of {arr.size}; every unit needs a number", path=path)
@@ -200,6 +238,10 @@ def _params(cfg: DissectConfig, layer: str, loaded: LoadedModel, fingerprint: st
         "top_k": cfg.top_k,
         "layout": cfg.layout,
         "layer_output": cfg.layer_output,
+        # None when off, so runs without them keep one key whatever alpha, K, B or the seed say.
+        "significance": {"alpha": cfg.alpha, "shifts": cfg.null_shifts, "bootstrap": cfg.bootstrap, "seed": cfg.seed} if cfg.significance else None,
+        "baseline": {"kind": cfg.baseline, "seed": cfg.seed} if cfg.baseline else None,
+        "sweep_quantiles": list(cfg.sweep_quantiles) or None,
     }
 
 
@@ -228,7 +270,7 @@ def _stale(previous: dict[str, Any] | None, params: dict[str, Any], out: Path, l
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in params.items() if old.get(k) != v]
     if changed:
         return "changed: " + "; ".join(changed)
-    missing = [f for f in layer_files(layer).values() if not (out / f).is_file()]
+    missing = [f for f in _outputs(layer, params).values() if not (out / f).is_file()]
     if missing:
         return f"missing {', '.join(missing)}"
     return None if _summary_ok(summary) else "its summary in summary.json is missing or unreadable"
@@ -314,7 +356,7 @@ def _inputs(cfg: DissectConfig) -> list[Path]:
 
 
 #: What ``dissect(model, dataset, ...)`` takes besides its named arguments: the other DissectConfig fields.
-_OPTIONS = ("weights", "pretrained", "trust_pickle", "categories", "quantile", "iou_threshold", "union", "normalize", "thresholds", "batch_size", "workers", "split", "limit", "top_k", "cache_budget_gb", "force", "checkpoint_s", "layout", "layer_output", "model_args")
+_OPTIONS = ("weights", "pretrained", "trust_pickle", "categories", "quantile", "iou_threshold", "union", "normalize", "thresholds", "batch_size", "workers", "split", "limit", "top_k", "cache_budget_gb", "force", "checkpoint_s", "layout", "layer_output", "model_args", "significance", "alpha", "null_shifts", "bootstrap", "seed", "baseline", "sweep_quantiles")
 
 
 def dissect(
@@ -415,6 +457,7 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
     loaded = load_model(cfg.model, cfg.weights, pretrained=cfg.pretrained, trust_pickle=cfg.trust_pickle, model_args=cfg.model_args)
     prep, normalize, preprocessing = resolve_preprocess(cfg.normalize, loaded, (samples[0].ih, samples[0].iw), cfg.preprocess)
     check_layers(loaded.module, cfg.layers)
+    baseline = _random_model(cfg, loaded) if cfg.baseline else None
     fingerprint = ds.fingerprint()
     _make_output(out)
     if _finish_commit(out):
@@ -456,13 +499,16 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
         write_json(run_path, record)
         return record
     work = _Work(out, _key({k: params[k] for k in todo}))
-    timings, record["resumed"] = _compute(cfg, ds, samples, categories, loaded.module, todo, prep, work, summaries)
+    timings, record["resumed"] = _compute(cfg, ds, samples, categories, loaded.module, todo, prep, work, summaries, baseline=baseline)
+    if cfg.significance and record["resumed"].get("tally_images") == len(samples):
+        # The significance pass keeps no checkpoint of its own: after an interrupt it runs again from the first image.
+        record["significance_restarted"] = True
     for layer in todo:
-        record["layers"][layer] = {"key": _key(params[layer]), "params": params[layer], "files": layer_files(layer)}
+        record["layers"][layer] = {"key": _key(params[layer]), "params": params[layer], "files": _outputs(layer, params[layer])}
     timings["total_s"] = time.perf_counter() - t_start
     record["timings"] = timings
     record["summary"] = {k: summaries.get(k) for k in layers}
-    files = [f for layer in todo for f in layer_files(layer).values()]
+    files = [f for layer in todo for f in _outputs(layer, params[layer]).values()]
     write_json(work.results / _JOURNAL, {"files": files, "record": record, "summary": summaries})
     _finish_commit(out)
     return record
@@ -579,7 +625,157 @@ class _Every:
         return False
 
 
-def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, work: _Work, summaries: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+def _outputs(layer: str, params: dict[str, Any]) -> dict[str, str]:
+    """Every result file of one layer: :func:`layer_files`, the sweep, and the baseline's and other quantiles' tallies."""
+    files = dict(layer_files(layer))
+    s = safe_name(layer)
+    files["sweep"] = f"sweep_{s}.csv"
+    tags = (["baseline"] if params.get("baseline") else []) + [_qtag(q) for q in params.get("sweep_quantiles") or []]
+    for tag in tags:
+        files |= {f"{kind}.{tag}": f"{kind}_{s}.{tag}.{ext}" for kind, ext in (("tally", "csv"), ("matrices", "npz"), ("thresholds", "npy"))}
+    return files
+
+
+def _qtag(q: float) -> str:
+    """How another quantile's files are named: ``tally_{layer}.q0.01.csv``."""
+    return f"q{q:g}"
+
+
+def _random_model(cfg: DissectConfig, loaded: LoadedModel) -> torch.nn.Module:
+    """The same architecture with seeded random weights, for ``--baseline random``.
+
+    A torchvision or timm model named on the command line is built again without weights (its
+    library's own random initialisation); any other model (an object, a factory, which may set
+    weights itself, an hf: model, a whole pickled model) is copied and every module's
+    ``reset_parameters()`` called, refused when a parameter belongs to no module that has one.
+    """
+    named = isinstance(cfg.model, str) and not cfg.model.startswith(("hf:", "hf-backbone:", "memory:")) and not is_factory(cfg.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if named:
+            return load_model(cfg.model, None, pretrained=False, trust_pickle=False, model_args=cfg.model_args).module.eval()
+        try:
+            module = copy.deepcopy(loaded.module)
+        except Exception as e:  # noqa: BLE001 - TorchScript and exotic modules: one line saying so
+            raise UsageError(f"--baseline random: cannot copy the model {loaded.name} to re-initialise it ({type(e).__name__})") from None
+        covered: set[int] = set()
+        for mod in module.modules():
+            reset = getattr(mod, "reset_parameters", None)
+            if callable(reset):
+                reset()
+                covered |= {id(prm) for prm in mod.parameters(recurse=False)}
+        left = [name for name, prm in module.named_parameters() if id(prm) not in covered]
+        if left:
+            shown = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+            raise UsageError(f"--baseline random: parameter(s) {shown} of {loaded.name} belong to no module with reset_parameters(), so random weights cannot be drawn for them; dissect a freshly built model by name instead")
+        return module.eval()
+
+
+def _significance(cfg: DissectConfig, store: FeatureStore, layers: list[str], tallies: dict[str, Tally], thresholds: dict[str, np.ndarray], primary: np.ndarray, num_categories: int, num_images: int, device: torch.device, timings: dict[str, float]) -> dict[str, tuple[Any, Any]]:
+    """The significance pass over the cached features: per layer ``(Counts, Result)`` (empty when off or with one image)."""
+    if not cfg.significance:
+        return {}
+    if num_images < 2:
+        log.warning("significance skipped: the permutation null needs at least 2 images, the run has %d", num_images)
+        return {}
+    t = time.perf_counter()
+    sigs: dict[str, Significance] = {}
+    for k in layers:
+        arrays = tallies[k].arrays()
+        label, _, best = best_labels(compute_iou(arrays), primary, num_categories)
+        units = label.shape[1]
+        unit_label = label[best, np.arange(units)]
+        cand = candidate_labels(compute_iou(arrays), unit_label, primary)
+        sigs[k] = Significance(units, primary, num_categories, thresholds[k], cand, num_images, union=cfg.union, shifts=cfg.null_shifts, seed=cfg.seed, device=device)
+    order = next(iter(sigs.values())).order  # the same for every layer: it depends on the images and the seed only
+    for items, feats in store.batches(labels=True, desc="significance", order=order):
+        for k in layers:
+            sigs[k].update(feats[k], items)
+    out = {}
+    for k in layers:
+        counts = sigs[k].finish()
+        if not np.array_equal(counts.inter[0], tallies[k].arrays()["intersection"]):
+            raise RuntimeError(f"layer {k}: the significance pass's observed counts differ from the tally's (a bug; please report it)")
+        out[k] = (counts, evaluate(counts, cfg.iou_threshold, cfg.alpha, cfg.bootstrap, cfg.seed))
+    timings["significance_s"] = time.perf_counter() - t
+    return out
+
+
+def _search_and_tally(store: FeatureStore, layers: list[str], quantile: float, primary: np.ndarray, num_categories: int, union: str, device: torch.device, desc: str, forward: bool) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Thresholds at ``quantile`` and the tally with them: per layer ``(thresholds, tally arrays)``; no checkpoints."""
+    quantiles: dict[str, ExactQuantile] = {}
+
+    def feed(feats: dict[str, torch.Tensor], only: list[str]) -> None:
+        for k in only:
+            if k not in quantiles:
+                quantiles[k] = ExactQuantile(feats[k].shape[1], 1.0 - quantile)
+            quantiles[k].update(feats[k])
+
+    if forward:
+        store.forward_pass(lambda _items, _i0, feats: feed(feats, layers))
+    else:
+        for _, feats in store.batches(labels=False, desc=f"{desc} quantiles"):
+            feed(feats, layers)
+    for q in quantiles.values():
+        q.end_pass()
+    while any(q.needs_pass() for q in quantiles.values()):
+        pending = [k for k, q in quantiles.items() if q.needs_pass()]
+        for _, feats in store.batches(labels=False, desc=f"{desc} quantiles"):
+            feed(feats, pending)
+        for k in pending:
+            quantiles[k].end_pass()
+    thresholds = {k: q.result() for k, q in quantiles.items()}
+    tallies = {k: Tally(store.shapes[k][0], primary, num_categories, thresholds[k], union, device) for k in layers}
+    for items, feats in store.batches(labels=True, desc=f"{desc} tally"):
+        for k in layers:
+            tallies[k].update(feats[k], items)
+    return {k: (thresholds[k], tallies[k].arrays()) for k in layers}
+
+
+def _more_quantiles(cfg: DissectConfig, store: FeatureStore, layers: list[str], primary: np.ndarray, num_categories: int, device: torch.device, timings: dict[str, float]) -> dict[float | None, dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]]:
+    """A threshold search and a tally per further quantile, over the cached features (no forward pass when they fit the cache)."""
+    t = time.perf_counter()
+    out: dict[float | None, Any] = {}
+    for q in cfg.sweep_quantiles:
+        out[q] = _search_and_tally(store, layers, q, primary, num_categories, cfg.union, device, f"quantile {q:g}", forward=False)
+    if cfg.sweep_quantiles:
+        timings["quantiles_s"] = time.perf_counter() - t
+    return out
+
+
+def _random_baseline(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, work: _Work, primary: np.ndarray, device: torch.device, timings: dict[str, float]) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The random-weights model's own forward pass, thresholds and tally at the run's quantile."""
+    t = time.perf_counter()
+    cache = work.dir / "baseline"
+    shutil.rmtree(cache, ignore_errors=True)  # never resumed: a fresh pass after an interrupt
+    store = FeatureStore(model, layers, ds, samples, categories, mean_std=mean_std, batch_size=cfg.batch_size, workers=cfg.workers, device=device, cache_dir=cache, budget_bytes=int(cfg.cache_budget_gb * 1e9), layout=cfg.layout, layer_output=cfg.layer_output)
+    try:
+        out = _search_and_tally(store, layers, cfg.quantile, primary, len(categories), cfg.union, device, "baseline", forward=True)
+    finally:
+        store.close()
+        shutil.rmtree(cache, ignore_errors=True)
+    timings["baseline_s"] = time.perf_counter() - t
+    return out
+
+
+def _write_more(cfg: DissectConfig, results: Path, layer: str, arrays: dict[str, np.ndarray], more: dict[float | None, Any], summary: dict[str, Any], primary: np.ndarray, categories: list[str], label_names: list[str]) -> None:
+    """The sweep of one layer over IoU thresholds (every quantile), and the other quantiles' and the baseline's tallies."""
+    files = _outputs(layer, {"baseline": cfg.baseline, "sweep_quantiles": cfg.sweep_quantiles})
+    rows = sweep_rows(compute_iou(arrays), primary, categories, cfg.quantile)
+    for q, per_layer in more.items():
+        tag = "baseline" if q is None else _qtag(q)
+        names = {kind: files[f"{kind}.{tag}"] for kind in ("tally", "matrices", "thresholds")}
+        th, arr = per_layer[layer]
+        s = write_layer(results, layer, arr, th, primary, categories, label_names, cfg.iou_threshold, (np.zeros((0, 0)), np.zeros((0, 0), np.int64)), [], names=names)
+        if q is None:
+            summary["baseline"] = {"detectors": s["detectors"], "unique_concepts": s["unique_concepts"], "categories": s["categories"]}
+        else:
+            rows += sweep_rows(compute_iou(arr), primary, categories, q)
+            summary.setdefault("quantiles", {})[f"{q:g}"] = {"detectors": s["detectors"], "unique_concepts": s["unique_concepts"], "categories": s["categories"]}
+    write_sweep(results / files["sweep"], rows)
+
+
+def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, work: _Work, summaries: dict[str, Any], baseline: torch.nn.Module | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """The three steps for ``layers`` in shared passes over the data; return timings and what was resumed.
 
     The result files are written into ``work.results``; the caller moves them into place.
@@ -595,15 +791,18 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
             resumed["feature_rows"] = store.rows
     names = {k: f"layer{i}" for i, k in enumerate(layers)}
     thresholds: dict[str, np.ndarray] = {}
-    top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    top: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     if work.found.get("thresholds"):
         for k in layers:
             saved = work.load_arrays(f"{names[k]}_thresholds.npz")
             if saved is None:
                 thresholds = {}
                 break
+            if "top_maps" not in saved:  # saved before top-k maps were kept: redo the pass that makes them
+                thresholds = {}
+                break
             thresholds[k] = saved["thresholds"]
-            top[k] = (torch.from_numpy(saved["top_values"]).to(device), torch.from_numpy(saved["top_index"]).to(device))
+            top[k] = (torch.from_numpy(saved["top_values"]).to(device), torch.from_numpy(saved["top_index"]).to(device), torch.from_numpy(saved["top_maps"]).to(device))
             store.shapes[k] = tuple(int(v) for v in saved["shape"])
         if thresholds:
             resumed["thresholds"] = True
@@ -617,8 +816,8 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
         if not thresholds:
             thresholds, top = _thresholds(cfg, store, layers, device, lambda: every() and save_features(), timings)
             for k in layers:
-                vals, ids = top[k]
-                work.save_arrays(f"{names[k]}_thresholds.npz", {"thresholds": thresholds[k], "top_values": vals.cpu().numpy(), "top_index": ids.cpu().numpy(), "shape": np.array(store.shapes[k])})
+                vals, ids, maps = top[k]
+                work.save_arrays(f"{names[k]}_thresholds.npz", {"thresholds": thresholds[k], "top_values": vals.cpu().numpy(), "top_index": ids.cpu().numpy(), "top_maps": maps.cpu().numpy(), "shape": np.array(store.shapes[k])})
             save_features()
             work.save(thresholds=True)
         t = time.perf_counter()
@@ -652,6 +851,9 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
             save_tallies()
             raise
         timings["tally_s"] = time.perf_counter() - t
+        save_tallies()  # complete: an interrupt in the passes below resumes after the tally
+        sig = _significance(cfg, store, layers, tallies, thresholds, primary, len(categories), len(samples), device, timings)
+        more = _more_quantiles(cfg, store, layers, primary, len(categories), device, timings)
     except BaseException:
         if store.maps is not None and not work.found.get("thresholds"):
             try:
@@ -661,21 +863,26 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
         store.close()
         raise
     store.close()
+    if baseline is not None:
+        more[None] = _random_baseline(cfg, ds, samples, categories, baseline, layers, mean_std, work, primary, device, timings)
     t = time.perf_counter()
     names_l = ds.label_names()
     images = [getattr(s, "image", str(i)) for i, s in enumerate(samples)]
     for k in layers:
-        vals, ids = top.get(k, (torch.empty(0, 0), torch.empty(0, 0, dtype=torch.long)))
-        summaries[k] = write_layer(work.results, k, tallies[k].arrays(), thresholds[k], primary, categories, names_l, cfg.iou_threshold, (vals.cpu().numpy(), ids.cpu().numpy()), images)
+        vals, ids, maps = top.get(k, (torch.empty(0, 0), torch.empty(0, 0, dtype=torch.long), torch.empty(0, 0, 0, 0)))
+        summaries[k] = write_layer(work.results, k, tallies[k].arrays(), thresholds[k], primary, categories, names_l, cfg.iou_threshold, (vals.cpu().numpy(), ids.cpu().numpy()), images, significance=sig.get(k))
+        _write_more(cfg, work.results, k, tallies[k].arrays(), more, summaries[k], primary, categories, names_l)
+        # The report draws unit masks from these maps, so it needs neither the model nor its weights.
+        save_topmaps(work.results / layer_files(k)["topmaps"], maps.cpu().numpy(), ids.cpu().numpy(), vals.cpu().numpy(), thresholds[k])
     timings["results_s"] = time.perf_counter() - t
     return timings, resumed
 
 
-def _thresholds(cfg: DissectConfig, store: FeatureStore, layers: list[str], device: torch.device, checkpoint: Callable[[], Any], timings: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+def _thresholds(cfg: DissectConfig, store: FeatureStore, layers: list[str], device: torch.device, checkpoint: Callable[[], Any], timings: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
     """The forward pass (features, top-k, first quantile pass), then the remaining quantile passes."""
     quantiles: dict[str, ExactQuantile] = {}
     fixed: dict[str, np.ndarray] = {}
-    top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    top: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def on_batch(_items, i0: int, feats: dict[str, torch.Tensor]) -> None:
         for name, f in feats.items():
@@ -689,15 +896,17 @@ def _thresholds(cfg: DissectConfig, store: FeatureStore, layers: list[str], devi
             if name in quantiles:
                 quantiles[name].update(f)
             if name not in top:
-                top[name] = (torch.empty(0, units, device=device), torch.empty(0, units, dtype=torch.long, device=device))
+                top[name] = (torch.empty(0, units, device=device), torch.empty(0, units, dtype=torch.long, device=device), torch.empty(0, units, *f.shape[2:], device=device))
             if cfg.top_k:
                 mx = f.amax(dim=(2, 3)).float()
                 idx = torch.arange(i0, i0 + len(f), device=device)
-                vals, ids = top[name]
+                vals, ids, maps = top[name]
                 vals = torch.cat([vals, mx])
                 ids = torch.cat([ids, idx[:, None].expand_as(mx)])
                 order = torch.sort(vals, dim=0, descending=True, stable=True).indices[: cfg.top_k]
-                top[name] = (vals.gather(0, order), ids.gather(0, order))
+                # The top images' low-resolution maps travel with them (k x U x h x w), in the same order.
+                maps = torch.cat([maps, f.float()]).gather(0, order[:, :, None, None].expand(-1, -1, *f.shape[2:]))
+                top[name] = (vals.gather(0, order), ids.gather(0, order), maps)
 
     t = time.perf_counter()
     store.forward_pass(on_batch, checkpoint)

@@ -35,7 +35,8 @@ def test_red_unit_is_named(toy, tmp_path):
         header = list(rows[0])
         assert header[:4] == ["unit", "category", "label", "score"]
         assert header[4:9] == ["color-label", "color-truth", "color-activation", "color-intersect", "color-iou"]
-        assert header[-5:] == ["scene-label", "scene-truth", "scene-activation", "scene-intersect", "scene-iou"]
+        assert header[-10:-5] == ["scene-label", "scene-truth", "scene-activation", "scene-intersect", "scene-iou"]
+        assert header[-5:] == ["p-value", "z", "iou-low", "iou-high", "significant"]
         scores = [float(r["score"]) for r in rows]
         assert scores == sorted(scores, reverse=True)
         red = next(r for r in rows if r["unit"] == "3")  # channel 2, 1-based

@@ -149,10 +149,11 @@ def test_tally_csv_equals_reference(tmp_path):
     index, names, labelcat = _tables(root)
     assert labelcat[5].argmax() == CATS.index("object")  # wheel's primary category
     features = _features(root, index)
-    threshold = np.quantile(features.transpose(1, 0, 2, 3).reshape(features.shape[1], -1), 0.9, axis=1).astype(np.float32)
+    # The reference's thresholds: percentiles of its float64 feature cache, kept in float64.
+    threshold = np.quantile(features.transpose(1, 0, 2, 3).reshape(features.shape[1], -1).astype(np.float64), 0.9, axis=1)
     np.save(tmp_path / "thresholds.npy", threshold)
     expected = reference_rows(*reference_tally(root, index, features, threshold, labelcat), labelcat, names)
-    cfg = DissectConfig(dataset=root, layers=["features.2"], out=tmp_path / "out", model="synth:small_convnet", normalize="netdissect", thresholds={"": tmp_path / "thresholds.npy"}, workers=0, batch_size=4)
+    cfg = DissectConfig(dataset=root, layers=["features.2"], out=tmp_path / "out", model="synth:small_convnet", normalize="netdissect", thresholds={"": tmp_path / "thresholds.npy"}, workers=0, batch_size=4, significance=False)
     dissect(cfg)
     with open(tmp_path / "out" / "tally_features.2.csv", newline="") as f:
         reader = csv.DictReader(f)

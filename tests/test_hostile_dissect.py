@@ -82,7 +82,11 @@ def test_report_does_not_import_the_factory_run_json_names(finished, tmp_path):
 
     _edit_record(run, change)
     before = snapshot(run)
-    out = invoke(["report", run, "-o", tmp_path / "rep"], cwd=tmp_path)
+    # The report draws from the maps the run stored: it never needs, so never imports, the model.
+    assert invoke(["report", run, "-o", tmp_path / "rep0"], cwd=tmp_path).code == 0
+    assert not marker.exists()
+    # Redrawing with the model (--recompute) is where consent is asked.
+    out = invoke(["report", run, "-o", tmp_path / "rep", "--recompute"], cwd=tmp_path)
     line = assert_one_error(out, "run.json", name, "--trust-model-code", "--no-images")
     assert "runs its code" in line
     assert not marker.exists()
@@ -93,7 +97,7 @@ def test_report_does_not_import_the_factory_run_json_names(finished, tmp_path):
     assert invoke(["report", run, "-o", tmp_path / "rep", "--no-images"], cwd=tmp_path).code == 0
     assert not marker.exists()
     # The consent on the command line is what imports it (so the planted module really would run).
-    assert invoke(["report", run, "-o", tmp_path / "rep2", "--trust-model-code"], cwd=tmp_path).code == 0
+    assert invoke(["report", run, "-o", tmp_path / "rep2", "--recompute", "--trust-model-code"], cwd=tmp_path).code == 0
     assert marker.read_text() == SECRET
 
 
@@ -109,7 +113,7 @@ def test_report_does_not_unpickle_weights_because_run_json_trusts_them(finished,
             entry["params"]["model"] = "alexnet"  # a torchvision name: allowed, it is not code
 
     _edit_record(run, change)
-    out = invoke(["report", run, "-o", tmp_path / "rep"])
+    out = invoke(["report", run, "-o", tmp_path / "rep", "--recompute"])
     assert_one_error(out, str(weights), "--trust-pickle", "--no-images")
     assert not marker.exists()
     assert not (tmp_path / "rep").exists()
@@ -131,7 +135,7 @@ def test_report_does_not_load_torchscript_run_json_names(finished, tmp_path, mon
     _edit_record(run, change)
     loads = []
     monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(a))
-    out = invoke(["report", run, "-o", tmp_path / "rep"])
+    out = invoke(["report", run, "-o", tmp_path / "rep", "--recompute"])
     assert_one_error(out, str(scripted), "TorchScript", "--trust-model-code", "--no-images")
     assert not loads and not (tmp_path / "rep").exists()
 

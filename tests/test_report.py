@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from concepts.cli import app
 from concepts.errors import UsageError
-from concepts.dissect.plots import detectors_per_category, detectors_per_concept, detectors_per_layer, load_run, load_runs, plot_categories, plot_concepts, plot_layers, unit_table
+from concepts.dissect.plots import HATCHES, category_colors, detectors_per_category, detectors_per_concept, detectors_per_layer, load_run, load_runs, plot_categories, plot_concepts, plot_layers, unit_table
 from concepts.dissect.report import DIM, OUTLINE, overlay, unit_strips, write_report
 from concepts.dissect.results import layer_files
 from synth import toy_dataset
@@ -101,6 +101,11 @@ def test_detectors_per_category_exact(runs):
     assert [[p.get_height() for p in c.patches] for c in pct_ax.containers] == [[37.5, 0, 12.5, 12.5], [25.0, 0, 50.0, 0]]
     assert [t.get_text() for t in pct_ax.get_legend().get_texts()] == ["imagenet", "places"]
     assert [t.get_text() for t in unique_ax.get_xticklabels()] == CATS
+    # One colour per category in every series; the runs differ by hatch.
+    colors = category_colors(CATS)
+    for i, c in enumerate(unique_ax.containers):
+        assert [tuple(p.get_facecolor()[:3]) for p in c.patches] == [tuple(colors[k][:3]) for k in CATS]
+        assert {p.get_hatch() or "" for p in c.patches} == {HATCHES[i]}
 
 
 def test_detectors_per_layer_exact(runs):
@@ -108,11 +113,12 @@ def test_detectors_per_layer_exact(runs):
     expected = pd.DataFrame({"object": [25.0, 37.5], "part": [0.0, 0.0], "scene": [0.0, 12.5], "color": [50.0, 12.5]}, index=pd.Index(["conv3", "conv5"], name="layer"))
     pd.testing.assert_frame_equal(wide, expected)
     fig = plot_layers(list(runs))
-    ax = fig.axes[0]
-    lines = {line.get_label(): line.get_ydata().tolist() for line in ax.get_lines()}
+    # One panel per run, each with its own layer axis (architectures never share x positions).
+    first, second = fig.axes
+    lines = {line.get_label(): line.get_ydata().tolist() for line in first.get_lines() + second.get_lines()}
     assert lines["imagenet object"] == [25.0, 37.5] and lines["imagenet color"] == [50.0, 12.5]
     assert lines["places scene"] == [50.0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["conv3 / conv5", "conv5"]
+    assert [t.get_text() for t in first.get_xticklabels()] == ["conv3", "conv5"] and [t.get_text() for t in second.get_xticklabels()] == ["conv5"]
 
 
 def test_detectors_per_concept_exact(runs):
@@ -125,6 +131,11 @@ def test_detectors_per_concept_exact(runs):
     ax = fig.axes[0]
     assert [p.get_width() for p in ax.patches] == [2, 1]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["dog", "cat"]
+    # NetDissect-Lite's chart: every detected concept, bars coloured by its category.
+    ax = plot_concepts(runs[0], "conv5").axes[0]
+    colors = category_colors(CATS)
+    assert [p.get_width() for p in ax.patches] == [2, 1, 1, 1]
+    assert [tuple(p.get_facecolor()[:3]) for p in ax.patches] == [tuple(colors[c][:3]) for c in ("object", "object", "color", "scene")]
     with pytest.raises(UsageError, match="no category 'texture'"):
         detectors_per_concept(runs[0], "conv5", "texture")
 
@@ -155,9 +166,9 @@ class _Refs(HTMLParser):
         a = dict(attrs)
         if tag in ("img", "script", "link") and ("src" in a or "href" in a):
             self.refs.append(a.get("src") or a.get("href"))
-        if tag == "a":
+        if tag == "a" and not a["href"].startswith("#"):
             self.refs.append(a["href"])
-        if tag == "article":
+        if tag == "article" and "unit" in (a.get("class") or "").split():
             self.cards += 1
 
 
@@ -171,6 +182,8 @@ def check_refs(page: Path) -> list[str]:
     """Every file the page references exists, and none is on the web."""
     refs, _ = html_refs(page)
     for ref in refs:
+        if ref.startswith("data:"):
+            continue
         assert "://" not in ref and not ref.startswith("//"), ref
         assert (page.parent / ref).is_file(), f"{page.name} references missing {ref}"
     return refs
@@ -182,8 +195,9 @@ def test_report_without_images_and_cli_comparison(runs, tmp_path):
     assert result.exit_code == 0, result.output
     assert (out / "imagenet" / "conv5.html").is_file() and (out / "places" / "conv5.html").is_file()
     for ext in ("png", "svg"):
-        assert (out / "plots" / f"compare_categories.{ext}").stat().st_size > 1000
-        assert (out / "plots" / f"compare_layers.{ext}").is_file()
+        for stem in ("compare_categories", "compare_layers", "compare_unique_layers", "compare_interpretable", "compare_concepts"):
+            assert (out / "plots" / f"{stem}.{ext}").stat().st_size > 1000, stem
+            assert (out / "plots" / f"{stem}.csv").is_file()
     table = pd.read_csv(out / "tables" / "compare_categories.csv")
     assert table["detectors"].tolist() == detectors_per_category(list(runs))["detectors"].tolist()
     pages = sorted(out.rglob("*.html"))
@@ -193,7 +207,7 @@ def test_report_without_images_and_cli_comparison(runs, tmp_path):
     _, cards = html_refs(out / "imagenet" / "conv5.html")
     assert cards == 8
     text = (out / "imagenet" / "conv5.html").read_text()
-    assert text.index('id="unit-1"') < text.index('id="unit-8"') < text.index('id="unit-4"')  # by IoU
+    assert text.index('id="unit-conv5-1"') < text.index('id="unit-conv5-8"') < text.index('id="unit-conv5-4"')  # by IoU
 
 
 def test_report_is_deterministic(runs, tmp_path):
@@ -210,7 +224,7 @@ def test_cli_errors_are_one_line(tmp_path, runs):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert [line for line in result.output.splitlines() if line.startswith("error:")] == [f"error: {tmp_path / 'nothing'}: not a dissection run folder (no run.json)"]
     (runs[0] / "topk_conv3.csv").write_text("unit,rank,image_index,image,max_activation\n1,1,0,a.jpg,3.5\n")
-    result = CliRunner().invoke(app, ["report", str(runs[0]), "-o", str(tmp_path / "o")])
+    result = CliRunner().invoke(app, ["report", str(runs[0]), "-o", str(tmp_path / "o"), "--recompute"])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "cannot open the run's dataset" in result.output and "--no-images" in result.output
 
@@ -257,14 +271,15 @@ def test_tables_agree_with_dissect_summary(real_run):
     summary = json.loads((real_run / "summary.json").read_text())
     table = detectors_per_category(real_run)
     for row in table.itertuples():
-        assert summary[row.layer]["categories"][row.category] == {"detectors": row.detectors, "unique_concepts": row.unique_concepts}
+        assert summary[row.layer]["categories"][row.category]["detectors"] == row.detectors
+        assert summary[row.layer]["categories"][row.category]["unique_concepts"] == row.unique_concepts
     for layer in ("conv", "pool"):
         det = unit_table(real_run, layer)
         assert int(det["detector"].sum()) == summary[layer]["detectors"]
 
 
 def test_red_unit_masks_cover_the_red_squares(real_run):
-    strips = unit_strips(load_run(real_run), "conv", tile=32, trust_model_code=True)
+    strips = unit_strips(load_run(real_run), "conv", tile=32)
     topk = pd.read_csv(real_run / "topk_conv.csv")
     assert sorted(strips) == [1, 2, 3, 4]
     pixels, names = strips[3]  # unit 3 (channel 2) is R - (G + B) / 2
@@ -278,12 +293,18 @@ def test_red_unit_masks_cover_the_red_squares(real_run):
 
 
 def test_report_with_images(real_run, tmp_path):
-    written = write_report(real_run, tmp_path / "rep", trust_model_code=True)
+    written = write_report(real_run, tmp_path / "rep")
     for page in [p for p in written if p.suffix == ".html"]:
         check_refs(page)
     refs, cards = html_refs(tmp_path / "rep" / "conv.html")
-    strips = [r for r in refs if r.startswith("conv_units/")]
-    assert cards == 4 and len(strips) == 4
+    pictures = {r for r in refs if r.startswith("images/")}
+    topk = pd.read_csv(real_run / "topk_conv.csv")
+    assert cards == 4
+    # Each dataset image is drawn once and shared by every tile showing it (top-k images and concept examples).
+    assert {f"images/{i:06d}.webp" for i in topk["image_index"]} <= pictures
+    assert sorted(p.name for p in (tmp_path / "rep" / "images").iterdir()) == sorted(r.split("/")[1] for r in pictures)
+    text = (tmp_path / "rep" / "conv.html").read_text()
+    assert text.count('class="tile"') >= len(topk)  # every top-k image of every unit, plus concept examples
     assert all(p.is_file() for p in written)
 
 
@@ -296,7 +317,7 @@ def test_dissect_report_flag_from_another_directory(tmp_path, monkeypatch):
     assert "report in run/report (2 page(s))" in result.output  # conv.html and index.html
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["args"]["dataset"] == str(ds.absolute())
-    monkeypatch.chdir(ds)  # the report's masks must not depend on the working directory
-    written = write_report(tmp_path / "run", tmp_path / "again", trust_model_code=True)
+    monkeypatch.chdir(ds)  # the report's images must not depend on the working directory
+    written = write_report(tmp_path / "run", tmp_path / "again")
     check_refs(tmp_path / "again" / "conv.html")
-    assert any(p.name.startswith("unit") for p in written)
+    assert any(p.suffix == ".webp" for p in written)

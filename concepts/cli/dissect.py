@@ -47,6 +47,17 @@ def _thresholds(values: list[str] | None) -> dict[str, Path]:
     return out
 
 
+def _quantiles(value: str) -> list[float]:
+    """``--quantile 0.005`` or ``0.0025,0.005,0.01``, refused in one line when a value is not a number."""
+    out = []
+    for part in value.split(","):
+        try:
+            out.append(float(part.strip()))
+        except ValueError:
+            raise UsageError(f"--quantile {value!r}: {part.strip()!r} is not a number (give Q or Q,Q,...)") from None
+    return out
+
+
 @app.command(epilog=EPILOG)
 def dissect(
     dataset: Annotated[str, typer.Argument(help="Concept dataset: a Broden folder, a published Hugging Face dataset folder, or hf://OWNER/NAME.")],
@@ -57,7 +68,7 @@ def dissect(
     pretrained: Annotated[bool, typer.Option("--pretrained", help="Use the published weights (torchvision, timm, Hugging Face; downloads them if not cached), or pass pretrained=True to a factory.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a whole pickled model (runs code from the file: trusted files only).")] = False,
     categories: Annotated[Optional[list[str]], typer.Option("--categories", "-c", help="Only these categories (repeatable or comma-separated).")] = None,
-    quantile: Annotated[float, typer.Option("--quantile", help="Fraction of activations above each unit's threshold.")] = 0.005,
+    quantile: Annotated[str, typer.Option("--quantile", metavar="Q[,Q...]", help="Fraction of activations above each unit's threshold; several (0.0025,0.005,0.01): the first makes the main results, each other one adds a tally and the sweep's curve (no forward pass).")] = "0.005",
     iou_threshold: Annotated[float, typer.Option("--iou-threshold", help="IoU above which a unit detects its label.")] = 0.04,
     union: Annotated[Literal["ndlite", "netdissect", "global"], typer.Option("--union", help="Which activations count for a category: ndlite (reference), netdissect (2017), global.")] = "ndlite",
     normalize: Annotated[str, typer.Option("--normalize", metavar="[imagenet|netdissect|none|auto|M,M,M/S,S,S]", help="Input normalisation: auto (the model's own mean/std, else imagenet), imagenet, netdissect (reference), none, or custom means/stds m1,m2,m3/s1,s2,s3.")] = "auto",
@@ -73,6 +84,12 @@ def dissect(
     layout: Annotated[Optional[str], typer.Option("--layout", metavar="[nchw|nhwc|tokens[:P[:HxW]]]", help="How the layer's output holds units when the model does not say: nchw, nhwc, tokens:P (P prefix tokens dropped, patch grid from the input size) or tokens:P:HxW; refused if it contradicts the model.")] = None,
     layer_output: Annotated[Optional[str], typer.Option("--layer-output", metavar="INDEX|KEY", help="Which element of a tuple, dict or ModelOutput output: an index or key (default: a tuple's first element, a dict's last_hidden_state or its only tensor).")] = None,
     model_arg: Annotated[Optional[list[str]], typer.Option("--model-arg", metavar="KEY=VALUE", help="Argument for a package.module:factory or timm model (repeatable; typed from the factory's signature).")] = None,
+    significance: Annotated[bool, typer.Option("--significance/--no-significance", help="Permutation null (p-value, z), bootstrap IoU interval and Benjamini-Hochberg per unit: columns p-value, z, iou-low, iou-high, significant.")] = True,
+    alpha: Annotated[float, typer.Option("--alpha", help="False discovery rate (Benjamini-Hochberg over a layer's units) for a significant detector.")] = 0.05,
+    null_shifts: Annotated[int, typer.Option("--null-shifts", help="K: label derangements of the permutation null.")] = 8,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="B: bootstrap resamples of the images for the IoU interval.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the null's pairings, the bootstrap and the random baseline.")] = 0,
+    baseline: Annotated[Optional[Literal["random"]], typer.Option("--baseline", help="random: also dissect the same architecture with seeded random weights (tally_LAYER.baseline.csv, 'baseline' in summary.json).")] = None,
     report: Annotated[bool, typer.Option("--report", help="Also write the HTML report and plots into OUT/report/.")] = False,
 ) -> None:
     """Label every unit of the given layers with the concept its activations segment best."""
@@ -90,12 +107,14 @@ def dissect(
     parse_layout(layout)
     model_args = parse_model_args(model_arg)
     cats = [c.strip() for v in categories or [] for c in v.split(",") if c.strip()] or None
+    quantiles = _quantiles(quantile)
     cfg = DissectConfig(
         dataset=dataset, layers=list(layer), out=out, model=model, weights=weights, pretrained=pretrained,
-        trust_pickle=trust_pickle, categories=cats, quantile=quantile, iou_threshold=iou_threshold, union=union,
+        trust_pickle=trust_pickle, categories=cats, quantile=quantiles, iou_threshold=iou_threshold, union=union,
         normalize=normalize, thresholds=_thresholds(thresholds), batch_size=batch_size, workers=workers,
         device=device, split=split, limit=limit, top_k=top_k, cache_budget_gb=cache_gb, force=force,
-        layout=layout, layer_output=layer_output, model_args=model_args,
+        layout=layout, layer_output=layer_output, model_args=model_args, significance=significance, alpha=alpha,
+        null_shifts=null_shifts, bootstrap=bootstrap, seed=seed, baseline=baseline,
     )
     record = run(cfg)
     from concepts.cli.tables import print_table
@@ -105,10 +124,13 @@ def dissect(
         if summary is None:
             continue
         per_cat = ", ".join(f"{c} {v['detectors']}/{v['unique_concepts']}" for c, v in sorted(summary["categories"].items()))
-        rows.append((name, summary["units"], summary["detectors"], summary["unique_concepts"], per_cat))
+        extra = (summary.get("significant_detectors", "-"),) if significance else ()
+        extra += (summary.get("baseline", {}).get("detectors", "-"),) if baseline else ()
+        rows.append((name, summary["units"], summary["detectors"], *extra, summary["unique_concepts"], per_cat))
     if rows:
-        print_table(["layer", "units", "detectors", "unique concepts", "detectors/concepts per category"], rows,
-                    numeric=[False, True, True, True, False])
+        heads = ["layer", "units", "detectors"] + (["significant"] if significance else []) + (["random baseline"] if baseline else [])
+        print_table([*heads, "unique concepts", "detectors/concepts per category"], rows,
+                    numeric=[False] + [True] * (len(heads) - 1) + [True, False])
     typer.echo(f"results in {out}")
     if report:
         from concepts.dissect.plots import load_run

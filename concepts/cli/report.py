@@ -15,7 +15,9 @@ EPILOG = """Examples:
 
 \b
   concepts report dissection/ -o report/
-  concepts report resnet18_imagenet/ resnet18_places/ -o compare/ --layer layer4
+  concepts report dissection/ -o mail/ --single-file
+  concepts report resnet18_imagenet/ resnet18_places/ -o compare/
+  concepts report old_run/ -o report/ --recompute --trust-model-code
 """
 
 
@@ -25,17 +27,20 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (one sub-folder per run when several are given).")] = Path("report"),
     layer: Annotated[Optional[list[str]], typer.Option("--layer", "-l", help="Only these layers (repeatable; each run keeps those it has; default: every layer).")] = None,
     dataset: Annotated[Optional[Path], typer.Option("--dataset", help="The run's concept dataset, if it has moved since the run.")] = None,
-    images: Annotated[bool, typer.Option("--images/--no-images", help="Draw each unit's top images with its mask (reruns the model on those images).")] = True,
-    device: Annotated[str, typer.Option("--device", metavar="[cpu|cuda|cuda:N]", help="Where the model redraws the masks: cpu, cuda or cuda:N.")] = "cpu",
+    images: Annotated[bool, typer.Option("--images/--no-images", help="Draw each unit's top images with its mask (from the maps the run stored; needs the dataset).")] = True,
+    single_file: Annotated[bool, typer.Option("--single-file", help="Write one HTML file per run with every image and figure embedded (to mail or archive).")] = False,
+    recompute: Annotated[bool, typer.Option("--recompute", help="For a run made before top-k maps were stored: rebuild its model and rerun it on the top images.")] = False,
+    device: Annotated[str, typer.Option("--device", metavar="[cpu|cuda|cuda:N]", help="Where --recompute runs the model: cpu, cuda or cuda:N.")] = "cpu",
     top: Annotated[int, typer.Option("--top", help="Concepts shown in the detectors-per-concept charts.")] = 20,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier report at OUT (never any other folder).")] = False,
-    trust_model_code: Annotated[bool, typer.Option("--trust-model-code", help="Import the package.module:factory that run.json names, to redraw the masks (runs its code: trusted runs only).")] = False,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow the run's weights to be a whole pickled model (runs code from the file: trusted files only).")] = False,
+    trust_model_code: Annotated[bool, typer.Option("--trust-model-code", help="With --recompute: import the package.module:factory that run.json names (runs its code: trusted runs only).")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="With --recompute: allow the run's weights to be a whole pickled model (runs code from the file: trusted files only).")] = False,
 ) -> None:
-    """Write one offline HTML report per run and layer, with PNG and SVG figures and CSV tables.
+    """Write offline HTML reports of runs, with PNG and SVG figures and their numbers as CSV.
 
-    A run folder is data: its run.json never gives consent to run code. Redrawing masks for a run
-    whose model is a package.module:factory needs --trust-model-code, and a pickled model
+    Unit images come from the maps the run stored and the dataset; no model is built. A run
+    folder is data: its run.json never gives consent to run code. With --recompute, a run whose
+    model is a package.module:factory needs --trust-model-code, and a pickled model
     --trust-pickle, on this command line.
     """
     from concepts.dissect.plots import load_runs
@@ -44,10 +49,10 @@ def report(
 
     if top < 1:
         raise UsageError("--top must be positive")
-    if images:
+    if device != "cpu" or (images and recompute):
         from concepts.dissect.models import parse_device
 
-        parse_device(device)  # before any run is read
+        parse_device(device)  # before any run is read (the default needs no check, nor torch)
     loaded = load_runs(runs)
     if layer:
         # One --layer list may name layers of different architectures (layer4 and features.12).
@@ -64,7 +69,7 @@ def report(
         inputs += [Path(d) for d in recorded if d and not d.startswith("hf://") and Path(d).is_dir()]
     pages = render_reports(
         loaded, out, overwrite=overwrite, inputs=inputs, layers=layer, dataset=dataset, images=images, device=device,
-        top_concepts=top, trust_model_code=trust_model_code, trust_pickle=trust_pickle,
+        top_concepts=top, trust_model_code=trust_model_code, trust_pickle=trust_pickle, recompute=recompute, single_file=single_file,
     )
     for page in pages:
         typer.echo(str(page))
