@@ -3,10 +3,12 @@
 :func:`current` reads the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``...) or one the caller initialised, and returns a :class:`Dist` whose collectives are
 no-ops in a single process, so the engine has one code path. Images are split into contiguous,
-deterministic shards (rank ``r`` of ``w`` gets ``[r n / w, (r + 1) n / w)``); every reduction is of
+deterministic shards (rank ``r`` of ``w`` gets ``[r n / w, (r + 1) n / w)``; a dissection shards
+whole chunks of the significance pairing, :meth:`Dist.shard_chunks`); every reduction is of
 integer counts, extrema or exactly kept values, so the results are those of one process, whatever
 the number of ranks. gloo serves CPU runs and NCCL CUDA runs; every collective has a timeout, so a
-lost rank ends the run instead of hanging it.
+lost rank ends the run instead of hanging it. :func:`on_main` runs a step on rank 0 alone and
+tells every rank how it went; :func:`fail_point` is the test hook that stops one rank at a stage.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +49,14 @@ class Dist:
     def shard(self, n: int) -> range:
         """This rank's contiguous share of ``n`` items."""
         return range(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+    def shard_chunks(self, chunks: list[tuple[int, int]]) -> range:
+        """This rank's contiguous share of whole ``(start, size)`` chunks of the dataset order, as image positions."""
+        mine = self.shard(len(chunks))
+        if not len(mine):
+            return range(0, 0)
+        first, last = chunks[mine.start], chunks[mine.stop - 1]
+        return range(first[0], last[0] + last[1])
 
     def _reduce(self, t: torch.Tensor, op: Any) -> torch.Tensor:
         if self.world == 1:
@@ -100,6 +111,44 @@ class Dist:
         if any(v != values[0] for v in values):
             differ = next(r for r, v in enumerate(values) if v != values[0])
             raise DistributedError(f"rank {differ} has a different {what} than rank 0; every rank must run the same command on the same data")
+
+
+def on_main(d: Dist, what: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 alone; every rank then returns its value, or fails in one line when it failed on rank 0.
+
+    The other ranks wait meanwhile (a gather is their barrier), so nothing they do can race with it.
+    """
+    value, error, line = None, None, None
+    if d.main:
+        try:
+            value = fn()
+        except Exception as e:  # noqa: BLE001 - told to every rank, then raised here as it was
+            error, line = e, (str(e).splitlines() or [type(e).__name__])[0]
+    if d.world == 1:
+        if error is not None:
+            raise error
+        return value
+    shared = d.gather((line, value) if d.main else None)[0]
+    if error is not None:
+        raise error
+    if shared[0] is not None:
+        raise DistributedError(f"rank 0 failed while {what}: {shared[0]}")
+    return shared[1]
+
+
+#: The test hook: CONCEPTS_TEST_FAIL_RANK=R and CONCEPTS_TEST_FAIL_STAGE=NAME stop rank R when it reaches stage NAME.
+STAGES = ("start", "features", "thresholds", "tally", "significance", "write")
+
+
+def fail_point(d: Dist, stage: str) -> None:
+    """Stop this rank here when the test hook asks for it (an error, or ``NAME:exit``: the process dies at once)."""
+    rank = os.environ.get("CONCEPTS_TEST_FAIL_RANK", "").strip()
+    name, _, how = os.environ.get("CONCEPTS_TEST_FAIL_STAGE", "").partition(":")
+    if rank != str(d.rank) or name != stage:
+        return
+    if how == "exit":
+        os._exit(1)  # a crash: no clean-up, no message, as when the machine or the process dies
+    raise DistributedError(f"stopped at stage {stage} by the test hook CONCEPTS_TEST_FAIL_RANK={rank}")
 
 
 def _lost(rank: int, e: BaseException) -> DistributedError:

@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import sys
@@ -36,17 +37,18 @@ import torch
 
 from concepts.hub import HubDataset, open_any
 from concepts.errors import ConceptsError, DatasetFormatError, OutputExistsError, UsageError
+from concepts.dissect.distributed import Dist, DistributedError, current, fail_point, on_main
 from concepts.dissect.features import FeatureStore
 from concepts.dissect.hooks import check_layers
 from concepts.dissect.layouts import parse_layout
 from concepts.dissect.models import LoadedModel, file_hash, is_factory, load_model, parse_device, parse_model_args, parse_normalize, resolve_preprocess
 from concepts.dissect.results import DissectResult, atomic_write, best_labels, layer_files, safe_name, sweep_rows, write_json, write_layer, write_sweep
-from concepts.dissect.significance import Significance, candidate_labels, evaluate
+from concepts.dissect.significance import Significance, candidate_labels, chunks, evaluate
 from concepts.staging import MARKER, OutputWriteError, guard_target, is_output, write_failed, write_marker
 from concepts.dissect.tally import UNIONS, Tally
 from concepts.dissect.tally import iou as compute_iou
 from concepts.dissect.thresholds import ExactQuantile
-from concepts.dissect.topmaps import save_topmaps
+from concepts.dissect.topmaps import merge_topk, save_topmaps
 
 log = logging.getLogger(__name__)
 
@@ -398,18 +400,115 @@ def dissect(
     out_path = Path(os.path.abspath(cfg.out))
     module = cfg.model if isinstance(cfg.model, torch.nn.Module) else None
     training = module.training if module is not None else False
+    # A group torchrun describes is joined here (dissect.distributed.current) and left after a finished run.
+    own_group = torch.distributed.is_available() and not torch.distributed.is_initialized()
     try:
-        return DissectResult(out_path, _dissect(cfg, out_path), module)
-    except ConceptsError:
-        raise  # some are OSErrors too (OutputExistsError), and already one line
+        result = DissectResult(out_path, _dissect(cfg, out_path), module)
+    except ConceptsError as e:
+        raise _ranked(e)  # some are OSErrors too (OutputExistsError), and already one line
     except OSError as e:
         if write_failed(e, out_path):
-            raise OutputWriteError(f"cannot write the dissection: {e.strerror or type(e).__name__}", path=cfg.out) from None
+            raise _ranked(OutputWriteError(f"cannot write the dissection: {e.strerror or type(e).__name__}", path=cfg.out)) from None
         name = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes, os.PathLike)) else str(cfg.dataset)
-        raise DatasetFormatError(f"cannot read: {e.strerror or type(e).__name__}", path=name) from None
+        raise _ranked(DatasetFormatError(f"cannot read: {e.strerror or type(e).__name__}", path=name)) from None
     finally:
         if module is not None:
             module.train(training)  # the caller's object leaves in the mode it came in
+    if own_group and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def _ranked(err: ConceptsError) -> ConceptsError:
+    """In a distributed run, the error's one line starts with the rank that raised it."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and not err.message.startswith("rank "):
+        err.message = f"rank {dist.get_rank()}: {err.message}"
+        err.args = (err.format(),)
+    return err
+
+
+def _rank_device(spec: str, d: Dist) -> torch.device:
+    """Where this rank's model runs: ``--device cuda`` on several ranks means one GPU each, ``LOCAL_RANK``."""
+    device = parse_device(spec)
+    if d.world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+    return device
+
+
+def _same_args(cfg: DissectConfig) -> dict[str, Any]:
+    """The arguments every rank must share (a model object by its class; loader workers may differ between nodes)."""
+    out = {}
+    for f in fields(cfg):
+        if f.name == "workers":
+            continue
+        value = getattr(cfg, f.name)
+        if f.name in ("model", "preprocess") and value is not None and not isinstance(value, str):
+            value = f"{type(value).__module__}.{type(value).__qualname__}"
+        out[f.name] = _arg(f.name, value)
+    return out
+
+
+#: The file rank 0 writes into the output folder for the other ranks to find.
+_TOKEN = ".concepts-ranks-check"
+
+
+def _check_shared(d: Dist, out: Path) -> None:
+    """Fail in one line unless every rank sees the output folder rank 0 writes (one folder, on several nodes a shared filesystem)."""
+    if d.world == 1:
+        return
+    path = out / _TOKEN
+
+    def write() -> str:
+        token = secrets.token_hex(16)
+        atomic_write(path, token)
+        return token
+
+    token = on_main(d, "checking the output folder", write)
+    deadline = time.monotonic() + 10  # a network filesystem may show a new file a little later
+    while True:
+        try:
+            seen = path.read_text(encoding="utf-8") == token
+        except OSError:
+            seen = False
+        if seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    seen_by = d.gather(seen)
+    if d.main:
+        path.unlink(missing_ok=True)
+    blind = [r for r, ok in enumerate(seen_by) if not ok]
+    if blind:
+        raise DistributedError(f"rank {blind[0]} cannot see the output folder {out} as rank 0 writes it; every rank must write into one folder (on several nodes, a shared filesystem mounted at the same path)")
+
+
+#: Where a distributed run's ``.partial`` records its key and number of ranks.
+_WORLD = "world.json"
+
+
+def _check_partial(out: Path, key: str, world: int) -> None:
+    """Refuse to resume an interrupted run on another number of ranks; set ``.partial`` up for a distributed run (rank 0)."""
+    part = out / ".partial"
+    if part.is_symlink():
+        return  # never ours: _Work replaces it
+    info = _read_json(part / _WORLD) if (part / _WORLD).is_file() else None
+    if isinstance(info, dict):
+        old_key, old_world = info.get("key"), info.get("world")
+    else:
+        state = _read_json(part / "state.json") if (part / "state.json").is_file() else None
+        old_key, old_world = (state.get("key") if isinstance(state, dict) else None), 1
+    if old_key == key and old_world != world:
+        raise UsageError(
+            f"holds an interrupted run of this dissection on {old_world} process(es), and this run has {world}; "
+            f"rerun it on {old_world} to resume (torchrun --nproc-per-node {old_world}, or one process for 1), or delete the folder to start again",
+            path=part,
+        )
+    if world > 1:
+        if old_key != key and os.path.lexists(part):
+            log.info("discarding the partial results of an interrupted run with other arguments")
+            shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True, exist_ok=True)
+        write_json(part / _WORLD, {"key": key, "world": world})
 
 
 def _record_args(cfg: DissectConfig, model_name: str) -> dict[str, Any]:
@@ -431,7 +530,13 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
     _check(cfg)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    _guard_output(out, _inputs(cfg))
+    d = current(cfg.device)
+    device = _rank_device(cfg.device, d)
+    if d.world > 1:
+        d.agree(_same_args(cfg), "command line (arguments)")
+    fail_point(d, "start")
+    # Rank 0 alone guards, creates and writes the output folder; the others wait for it.
+    on_main(d, "checking the output folder", lambda: _guard_output(out, _inputs(cfg)))
     try:
         ds = open_any(cfg.dataset)
     except OSError as e:
@@ -459,9 +564,10 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
     check_layers(loaded.module, cfg.layers)
     baseline = _random_model(cfg, loaded) if cfg.baseline else None
     fingerprint = ds.fingerprint()
-    _make_output(out)
-    if _finish_commit(out):
-        log.info("finished putting in place the results of an interrupted run")
+    if d.world > 1:
+        d.agree((fingerprint, len(samples), loaded.weights_hash), "dataset or model (fingerprint, images, weights)")
+    on_main(d, "creating the output folder", lambda: _prepare_output(out))
+    _check_shared(d, out)
     run_path = out / "run.json"
     previous = _previous_layers(_read_json(run_path))
     summary_path = out / "summary.json"
@@ -478,6 +584,8 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
             todo.append(layer)
         else:
             log.info("%s: finished results with identical arguments found, not recomputed", layer)
+    if d.world > 1:
+        d.agree(todo, "list of layers to compute (the output folder changed while the ranks started)")
     record = {
         "args": _record_args(cfg, loaded.name),
         "model": {"name": loaded.name, "class": f"{type(loaded.module).__module__}.{type(loaded.module).__qualname__}", "weights": loaded.weights, "weights_hash": loaded.weights_hash},
@@ -488,18 +596,25 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
         "layers": dict(previous),
         "timings": {},
         "recomputed": todo,
+        "world_size": d.world,
     }
     if not todo:
-        if (out / ".partial").exists():
-            shutil.rmtree(out / ".partial", ignore_errors=True)
-            log.info("removed the partial results of an interrupted run (every layer asked for is finished)")
+        def finished() -> None:
+            if (out / ".partial").exists():
+                shutil.rmtree(out / ".partial", ignore_errors=True)
+                log.info("removed the partial results of an interrupted run (every layer asked for is finished)")
+            write_json(run_path, record)
+
         timings["total_s"] = time.perf_counter() - t_start
         record["timings"] = timings
         record["summary"] = {k: summaries.get(k) for k in layers}
-        write_json(run_path, record)
+        on_main(d, "writing run.json", finished)
         return record
-    work = _Work(out, _key({k: params[k] for k in todo}))
-    timings, record["resumed"] = _compute(cfg, ds, samples, categories, loaded.module, todo, prep, work, summaries, baseline=baseline)
+    shard = _shard(d, len(samples))
+    key = _key({k: params[k] for k in todo})
+    on_main(d, "checking the partial results", lambda: _check_partial(out, key, d.world))
+    work = _Work(out, key, rank=d.rank if d.world > 1 else None)
+    timings, record["resumed"] = _compute(cfg, ds, samples, categories, loaded.module, todo, prep, work, summaries, baseline=baseline, d=d, shard=shard, device=device)
     if cfg.significance and record["resumed"].get("tally_images") == len(samples):
         # The significance pass keeps no checkpoint of its own: after an interrupt it runs again from the first image.
         record["significance_restarted"] = True
@@ -509,9 +624,30 @@ def _dissect(cfg: DissectConfig, out: Path) -> dict[str, Any]:
     record["timings"] = timings
     record["summary"] = {k: summaries.get(k) for k in layers}
     files = [f for layer in todo for f in _outputs(layer, params[layer]).values()]
-    write_json(work.results / _JOURNAL, {"files": files, "record": record, "summary": summaries})
-    _finish_commit(out)
+
+    def commit() -> None:
+        write_json(work.results / _JOURNAL, {"files": files, "record": record, "summary": summaries})
+        _finish_commit(out)
+
+    on_main(d, "writing the results", commit)
     return record
+
+
+def _prepare_output(out: Path) -> None:
+    """Create the output folder and finish putting in place what an interrupted run had completed."""
+    _make_output(out)
+    if _finish_commit(out):
+        log.info("finished putting in place the results of an interrupted run")
+
+
+def _shard(d: Dist, n: int) -> range:
+    """This rank's images: whole chunks of the significance pairing (dissect.significance.chunks), the same on any number of ranks."""
+    if d.world == 1:
+        return range(n)
+    parts = chunks(n)
+    if len(parts) < d.world:
+        raise UsageError(f"{n} images make {len(parts)} chunk(s) of at least 16 images, the unit a rank takes; run on at most {len(parts)} process(es)")
+    return d.shard_chunks(parts)
 
 
 #: The commit journal: which finished files go into the run folder, and the run.json and summary.json that name them.
@@ -570,10 +706,11 @@ class _Work:
     cover. A run with other arguments starts it afresh; a finished run removes it.
     """
 
-    def __init__(self, out: Path, key: str) -> None:
-        self.dir = out / ".partial"
+    def __init__(self, out: Path, key: str, rank: int | None = None) -> None:
+        # A distributed run keeps each rank's cache and counts apart (rank-R), its results in one place.
+        self.dir = out / ".partial" / f"rank-{rank}" if rank is not None else out / ".partial"
         #: Finished result files wait here until every one is complete (see _finish_commit).
-        self.results = self.dir / "results"
+        self.results = out / ".partial" / "results"
         self.state: dict[str, Any] = {}
         path = self.dir / "state.json"
         if path.is_file():
@@ -671,8 +808,14 @@ def _random_model(cfg: DissectConfig, loaded: LoadedModel) -> torch.nn.Module:
         return module.eval()
 
 
-def _significance(cfg: DissectConfig, store: FeatureStore, layers: list[str], tallies: dict[str, Tally], thresholds: dict[str, np.ndarray], primary: np.ndarray, num_categories: int, num_images: int, device: torch.device, timings: dict[str, float]) -> dict[str, tuple[Any, Any]]:
-    """The significance pass over the cached features: per layer ``(Counts, Result)`` (empty when off or with one image)."""
+def _significance(cfg: DissectConfig, store: FeatureStore, layers: list[str], tallies: dict[str, Tally], thresholds: dict[str, np.ndarray], primary: np.ndarray, num_categories: int, num_images: int, device: torch.device, timings: dict[str, float], *, d: Dist | None = None, shard: range | None = None) -> dict[str, tuple[Any, Any]]:
+    """The significance pass over the cached features: per layer ``(Counts, Result)`` (empty when off or with one image).
+
+    Over several ranks each feeds its ``shard`` (whole chunks, so whole blocks) and the counts
+    are combined; rank 0 alone evaluates them (the others get ``(Counts, None)``).
+    """
+    d = d or Dist()
+    shard = shard if shard is not None else range(num_images)
     if not cfg.significance:
         return {}
     if num_images < 2:
@@ -688,27 +831,31 @@ def _significance(cfg: DissectConfig, store: FeatureStore, layers: list[str], ta
         cand = candidate_labels(compute_iou(arrays), unit_label, primary)
         sigs[k] = Significance(units, primary, num_categories, thresholds[k], cand, num_images, union=cfg.union, shifts=cfg.null_shifts, seed=cfg.seed, device=device)
     order = next(iter(sigs.values())).order  # the same for every layer: it depends on the images and the seed only
-    for items, feats in store.batches(labels=True, desc="significance", order=order):
+    # The shard holds whole chunks and the order keeps chunks in place: its slice is the shard's images.
+    local = order[shard.start : shard.stop] - shard.start
+    for items, feats in store.batches(labels=True, desc="significance", order=local):
+        for it in items:
+            it.index += shard.start
         for k in layers:
             sigs[k].update(feats[k], items)
     out = {}
     for k in layers:
-        counts = sigs[k].finish()
+        counts = sigs[k].finish(d)
         if not np.array_equal(counts.inter[0], tallies[k].arrays()["intersection"]):
             raise RuntimeError(f"layer {k}: the significance pass's observed counts differ from the tally's (a bug; please report it)")
-        out[k] = (counts, evaluate(counts, cfg.iou_threshold, cfg.alpha, cfg.bootstrap, cfg.seed))
+        out[k] = (counts, evaluate(counts, cfg.iou_threshold, cfg.alpha, cfg.bootstrap, cfg.seed) if d.main else None)
     timings["significance_s"] = time.perf_counter() - t
     return out
 
 
-def _search_and_tally(store: FeatureStore, layers: list[str], quantile: float, primary: np.ndarray, num_categories: int, union: str, device: torch.device, desc: str, forward: bool) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Thresholds at ``quantile`` and the tally with them: per layer ``(thresholds, tally arrays)``; no checkpoints."""
+def _search_and_tally(store: FeatureStore, layers: list[str], quantile: float, primary: np.ndarray, num_categories: int, union: str, device: torch.device, desc: str, forward: bool, d: Dist | None = None) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Thresholds at ``quantile`` and the tally with them: per layer ``(thresholds, tally arrays)``, over every rank's images; no checkpoints."""
     quantiles: dict[str, ExactQuantile] = {}
 
     def feed(feats: dict[str, torch.Tensor], only: list[str]) -> None:
         for k in only:
             if k not in quantiles:
-                quantiles[k] = ExactQuantile(feats[k].shape[1], 1.0 - quantile)
+                quantiles[k] = ExactQuantile(feats[k].shape[1], 1.0 - quantile, dist=d)
             quantiles[k].update(feats[k])
 
     if forward:
@@ -729,28 +876,30 @@ def _search_and_tally(store: FeatureStore, layers: list[str], quantile: float, p
     for items, feats in store.batches(labels=True, desc=f"{desc} tally"):
         for k in layers:
             tallies[k].update(feats[k], items)
+    for k in layers:
+        tallies[k].reduce(d)
     return {k: (thresholds[k], tallies[k].arrays()) for k in layers}
 
 
-def _more_quantiles(cfg: DissectConfig, store: FeatureStore, layers: list[str], primary: np.ndarray, num_categories: int, device: torch.device, timings: dict[str, float]) -> dict[float | None, dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]]:
+def _more_quantiles(cfg: DissectConfig, store: FeatureStore, layers: list[str], primary: np.ndarray, num_categories: int, device: torch.device, timings: dict[str, float], d: Dist | None = None) -> dict[float | None, dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]]:
     """A threshold search and a tally per further quantile, over the cached features (no forward pass when they fit the cache)."""
     t = time.perf_counter()
     out: dict[float | None, Any] = {}
     for q in cfg.sweep_quantiles:
-        out[q] = _search_and_tally(store, layers, q, primary, num_categories, cfg.union, device, f"quantile {q:g}", forward=False)
+        out[q] = _search_and_tally(store, layers, q, primary, num_categories, cfg.union, device, f"quantile {q:g}", forward=False, d=d)
     if cfg.sweep_quantiles:
         timings["quantiles_s"] = time.perf_counter() - t
     return out
 
 
-def _random_baseline(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, work: _Work, primary: np.ndarray, device: torch.device, timings: dict[str, float]) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """The random-weights model's own forward pass, thresholds and tally at the run's quantile."""
+def _random_baseline(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, work: _Work, primary: np.ndarray, device: torch.device, timings: dict[str, float], d: Dist | None = None) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The random-weights model's own forward pass, thresholds and tally at the run's quantile (``samples``: this rank's)."""
     t = time.perf_counter()
     cache = work.dir / "baseline"
     shutil.rmtree(cache, ignore_errors=True)  # never resumed: a fresh pass after an interrupt
     store = FeatureStore(model, layers, ds, samples, categories, mean_std=mean_std, batch_size=cfg.batch_size, workers=cfg.workers, device=device, cache_dir=cache, budget_bytes=int(cfg.cache_budget_gb * 1e9), layout=cfg.layout, layer_output=cfg.layer_output)
     try:
-        out = _search_and_tally(store, layers, cfg.quantile, primary, len(categories), cfg.union, device, "baseline", forward=True)
+        out = _search_and_tally(store, layers, cfg.quantile, primary, len(categories), cfg.union, device, "baseline", forward=True, d=d)
     finally:
         store.close()
         shutil.rmtree(cache, ignore_errors=True)
@@ -775,15 +924,20 @@ def _write_more(cfg: DissectConfig, results: Path, layer: str, arrays: dict[str,
     write_sweep(results / files["sweep"], rows)
 
 
-def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, work: _Work, summaries: dict[str, Any], baseline: torch.nn.Module | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[str], model: torch.nn.Module, layers: list[str], mean_std: Any, work: _Work, summaries: dict[str, Any], baseline: torch.nn.Module | None = None, *, d: Dist | None = None, shard: range | None = None, device: torch.device | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """The three steps for ``layers`` in shared passes over the data; return timings and what was resumed.
 
-    The result files are written into ``work.results``; the caller moves them into place.
+    The result files are written into ``work.results`` (by rank 0 alone); the caller moves them
+    into place. Each rank passes over its ``shard`` of ``samples`` only; counts, quantile searches
+    and top-k lists are combined across ranks (``d``), and indices are positions in ``samples``.
     """
-    device = parse_device(cfg.device)
+    d = d or Dist()
+    shard = shard if shard is not None else range(len(samples))
+    device = device if device is not None else parse_device(cfg.device)
+    mine = list(samples[shard.start : shard.stop])
     timings: dict[str, float] = {}
     resumed: dict[str, Any] = {}
-    store = FeatureStore(model, layers, ds, samples, categories, mean_std=mean_std, batch_size=cfg.batch_size, workers=cfg.workers, device=device, cache_dir=work.dir, budget_bytes=int(cfg.cache_budget_gb * 1e9), layout=cfg.layout, layer_output=cfg.layer_output)
+    store = FeatureStore(model, layers, ds, mine, categories, mean_std=mean_std, batch_size=cfg.batch_size, workers=cfg.workers, device=device, cache_dir=work.dir, budget_bytes=int(cfg.cache_budget_gb * 1e9), layout=cfg.layout, layer_output=cfg.layer_output)
     feat_state = work.found.get("features") or {}
     if feat_state.get("shapes"):
         store.resume(feat_state["shapes"], int(feat_state.get("rows", 0)))
@@ -804,8 +958,14 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
             thresholds[k] = saved["thresholds"]
             top[k] = (torch.from_numpy(saved["top_values"]).to(device), torch.from_numpy(saved["top_index"]).to(device), torch.from_numpy(saved["top_maps"]).to(device))
             store.shapes[k] = tuple(int(v) for v in saved["shape"])
+        if d.world > 1 and not all(d.gather(bool(thresholds))):
+            thresholds, top = {}, {}  # another rank stopped before saving them: every rank searches again
+            if store.maps is None:
+                store.shapes = {}  # so the forward pass opens the feature cache again
         if thresholds:
             resumed["thresholds"] = True
+    elif d.world > 1:
+        d.gather(False)  # the same collective as a rank that found saved thresholds
     every = _Every(cfg.checkpoint_s)
 
     def save_features() -> None:
@@ -814,7 +974,7 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
 
     try:
         if not thresholds:
-            thresholds, top = _thresholds(cfg, store, layers, device, lambda: every() and save_features(), timings)
+            thresholds, top = _thresholds(cfg, store, layers, device, lambda: every() and save_features(), timings, d=d, offset=shard.start)
             for k in layers:
                 vals, ids, maps = top[k]
                 work.save_arrays(f"{names[k]}_thresholds.npz", {"thresholds": thresholds[k], "top_values": vals.cpu().numpy(), "top_index": ids.cpu().numpy(), "top_maps": maps.cpu().numpy(), "shape": np.array(store.shapes[k])})
@@ -847,13 +1007,17 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
                     tallies[k].update(feats[k], items)
                 if every():
                     save_tallies()
+                fail_point(d, "tally")
         except BaseException:
             save_tallies()
             raise
         timings["tally_s"] = time.perf_counter() - t
         save_tallies()  # complete: an interrupt in the passes below resumes after the tally
-        sig = _significance(cfg, store, layers, tallies, thresholds, primary, len(categories), len(samples), device, timings)
-        more = _more_quantiles(cfg, store, layers, primary, len(categories), device, timings)
+        for k in layers:
+            tallies[k].reduce(d)  # after the checkpoint, which keeps this rank's own counts
+        fail_point(d, "significance")
+        sig = _significance(cfg, store, layers, tallies, thresholds, primary, len(categories), len(samples), device, timings, d=d, shard=shard)
+        more = _more_quantiles(cfg, store, layers, primary, len(categories), device, timings, d=d)
     except BaseException:
         if store.maps is not None and not work.found.get("thresholds"):
             try:
@@ -864,7 +1028,10 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
         raise
     store.close()
     if baseline is not None:
-        more[None] = _random_baseline(cfg, ds, samples, categories, baseline, layers, mean_std, work, primary, device, timings)
+        more[None] = _random_baseline(cfg, ds, mine, categories, baseline, layers, mean_std, work, primary, device, timings, d=d)
+    fail_point(d, "write")
+    if not d.main:
+        return timings, resumed
     t = time.perf_counter()
     names_l = ds.label_names()
     images = [getattr(s, "image", str(i)) for i, s in enumerate(samples)]
@@ -878,8 +1045,13 @@ def _compute(cfg: DissectConfig, ds: Any, samples: list[Any], categories: list[s
     return timings, resumed
 
 
-def _thresholds(cfg: DissectConfig, store: FeatureStore, layers: list[str], device: torch.device, checkpoint: Callable[[], Any], timings: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
-    """The forward pass (features, top-k, first quantile pass), then the remaining quantile passes."""
+def _thresholds(cfg: DissectConfig, store: FeatureStore, layers: list[str], device: torch.device, checkpoint: Callable[[], Any], timings: dict[str, float], *, d: Dist | None = None, offset: int = 0) -> tuple[dict[str, np.ndarray], dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """The forward pass (features, top-k, first quantile pass), then the remaining quantile passes.
+
+    Over several ranks each streams its own images (the first at ``offset``); the quantile passes
+    are synchronised and the top-k lists merged, so every rank ends with one process's values.
+    """
+    d = d or Dist()
     quantiles: dict[str, ExactQuantile] = {}
     fixed: dict[str, np.ndarray] = {}
     top: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -892,14 +1064,14 @@ def _thresholds(cfg: DissectConfig, store: FeatureStore, layers: list[str], devi
                 if tfile:
                     fixed[name] = _load_thresholds(Path(tfile), units, name)
                 else:
-                    quantiles[name] = ExactQuantile(units, 1.0 - cfg.quantile)
+                    quantiles[name] = ExactQuantile(units, 1.0 - cfg.quantile, dist=d)
             if name in quantiles:
                 quantiles[name].update(f)
             if name not in top:
                 top[name] = (torch.empty(0, units, device=device), torch.empty(0, units, dtype=torch.long, device=device), torch.empty(0, units, *f.shape[2:], device=device))
             if cfg.top_k:
                 mx = f.amax(dim=(2, 3)).float()
-                idx = torch.arange(i0, i0 + len(f), device=device)
+                idx = torch.arange(offset + i0, offset + i0 + len(f), device=device)
                 vals, ids, maps = top[name]
                 vals = torch.cat([vals, mx])
                 ids = torch.cat([ids, idx[:, None].expand_as(mx)])
@@ -910,7 +1082,15 @@ def _thresholds(cfg: DissectConfig, store: FeatureStore, layers: list[str], devi
 
     t = time.perf_counter()
     store.forward_pass(on_batch, checkpoint)
+    fail_point(d, "features")
+    if d.world > 1:
+        # Ranks hold contiguous shards, so their lists in rank order merge as one process orders them.
+        lists = d.gather({k: tuple(v.cpu().numpy() for v in top[k]) for k in top})
+        for k in top:
+            merged = merge_topk([part[k] for part in lists], cfg.top_k)
+            top[k] = tuple(torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in merged)
     timings["features_s"] = time.perf_counter() - t
+    fail_point(d, "thresholds")
     t = time.perf_counter()
     for q in quantiles.values():
         q.end_pass()

@@ -3,9 +3,16 @@
 After the main tally (which names each unit's label), one more pass over the cached features
 counts, for every unit, each label under ``K + 1`` pairings of masks with labels:
 
-- **Pairings.** The images, in a seeded random order (:attr:`Significance.order`, the order to
-  feed them in), are cut into blocks of ``G = 16`` (a last block of fewer than 2 joins the one
-  before). In a block of ``G'`` images, image ``t`` gets the labels of image ``(t + d_s) mod G'``,
+- **Pairings.** The dataset order is cut into fixed chunks (:func:`chunks`: at most 256 chunks
+  of a multiple of ``G`` images, at least ``G``; a last chunk of fewer than 2 joins the one
+  before), which depend only on the number of images. Inside each chunk the images take a seeded
+  random order (:attr:`Significance.order`, the order to feed them in, keeps every chunk in place)
+  and are cut into blocks of ``G = 16`` (a last block of fewer than 2 joins the one before).
+  Pairs therefore never cross a chunk, so a distributed run, whose shards are whole chunks
+  (:meth:`concepts.dissect.distributed.Dist.shard_chunks`), counts each block on one rank and
+  gets one process's pairings whatever the number of ranks. A partner comes from the same
+  stretch of the dataset (256 consecutive images at Broden's size, 16 below 4,096 images):
+  images of one source stay paired among themselves, which can only make the null stricter. In a block of ``G'`` images, image ``t`` gets the labels of image ``(t + d_s) mod G'``,
   ``d_s = 1 + (s - 1) mod (G' - 1)`` for shift ``s = 1..K``: ``K`` derangements, all different when
   ``K < G'`` (they cycle in smaller blocks). Pairing 0 is the observed one. The unit's masks stay
   those of its own image; only the labels under them are the partner's, read at the nearest
@@ -55,6 +62,8 @@ from concepts.dissect.tally import Tally
 
 SHIFTS = 8
 BLOCK = 16
+#: At most this many chunks of the dataset order (the pairing's unit of distribution, see :func:`chunks`).
+CHUNKS = 256
 CANDIDATES = 3
 BOOTSTRAP = 1000
 ALPHA = 0.05
@@ -72,15 +81,32 @@ def block_partners(num_images: int, seed: int, shifts: int = SHIFTS, block: int 
         raise ValueError("the permutation null needs at least 2 images")
     if shifts < 1 or block < 2:
         raise ValueError("shifts must be at least 1 and the block size at least 2")
-    order = np.random.default_rng(seed).permutation(num_images)
+    order = feed_order(num_images, seed, block)
     partner = np.empty((shifts, num_images), np.int64)
-    for start, size in _blocks(num_images, block):
+    for start, size in _chunked_blocks(num_images, block):
         members = order[start : start + size]
         t = np.arange(size)
         for s in range(1, shifts + 1):
             d = 1 + (s - 1) % (size - 1)
             partner[s - 1, members] = members[(t + d) % size]
     return order, partner
+
+
+def chunks(num_images: int, block: int = BLOCK) -> list[tuple[int, int]]:
+    """``(start, size)`` of the fixed chunks of the dataset order that blocks never cross (they depend on the number of images only)."""
+    size = block * max(1, -(-num_images // (block * CHUNKS)))
+    return _blocks(num_images, size)
+
+
+def feed_order(num_images: int, seed: int, block: int = BLOCK) -> np.ndarray:
+    """The seeded feed order: each chunk's images shuffled in place, chunk after chunk (one generator, in dataset order)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([start + rng.permutation(size) for start, size in chunks(num_images, block)] or [np.zeros(0, np.int64)])
+
+
+def _chunked_blocks(num_images: int, block: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of each block of the feed order: blocks of ``block`` inside each chunk."""
+    return [(c0 + b0, size) for c0, csize in chunks(num_images, block) for b0, size in _blocks(csize, block)]
 
 
 def _blocks(n: int, block: int) -> list[tuple[int, int]]:
@@ -217,7 +243,7 @@ class Significance:
         self._slot_of = np.empty(num_images, np.int64)
         self._sizes: list[int] = []
         self._perm: list[torch.Tensor] = []  # (K + 1) x G' partner slots, row 0 the identity
-        for b, (start, size) in enumerate(_blocks(num_images, block)):
+        for b, (start, size) in enumerate(_chunked_blocks(num_images, block)):
             members = self.order[start : start + size]
             self._block_of[members] = b
             self._slot_of[members] = np.arange(size)
@@ -411,15 +437,26 @@ class Significance:
                 image = torch.tensor([r["index"] for r in recs], device=dev).index_select(0, pair_slot)
                 self._cells.append(tuple(_narrow(v.index_select(0, keep).cpu().numpy()) for v in (image.repeat_interleave(m), cell, inter.reshape(-1), act.reshape(-1))))
 
-    def finish(self) -> Counts:
-        """The counts, once every image has been fed."""
-        if self._pending or not self._seen.all():
-            raise ValueError(f"the significance pass saw {self.images} of {self.num_images} images")
+    def finish(self, dist: Any = None) -> Counts:
+        """The counts, once every image has been fed (with ``dist``, a :class:`~concepts.dissect.distributed.Dist`: by some rank).
+
+        Each rank feeds whole chunks (its blocks complete on it), then the ranks' counts are summed
+        and their per-image counts joined, so every rank holds one process's counts.
+        """
+        seen = self.images
+        if dist is not None and dist.world > 1:
+            seen = int(dist.sum_(torch.tensor([seen], dtype=torch.long))[0])
+        if self._pending or seen != self.num_images or (dist is None and not self._seen.all()):
+            raise ValueError(f"the significance pass saw {seen} of {self.num_images} images")
         def cat(parts: list[tuple[np.ndarray, ...]], n: int) -> list[np.ndarray]:
-            return [np.concatenate([p[c] for p in parts]) if parts else np.zeros(0, np.int64) for c in range(n)]
+            out = [np.concatenate([p[c] for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64) for c in range(n)]
+            return [dist.concat(v) for v in out] if dist is not None and dist.world > 1 else out
 
         ci, cc, cin, cact = cat(self._cells, 4)
         ti, tl, tc = cat(self._truths, 3)
+        if dist is not None and dist.world > 1:
+            for t in (self._full_inter, self._full_act, self._truth):
+                dist.sum_(t)
         # Images in order, then cells: a deterministic layout whatever the feed order.
         o = np.lexsort((cc.astype(np.int64), ci.astype(np.int64)))
         t = np.lexsort((tl.astype(np.int64), ti.astype(np.int64)))

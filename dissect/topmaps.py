@@ -50,6 +50,23 @@ def save_topmaps(path: Path, maps: np.ndarray, index: np.ndarray, values: np.nda
     atomic_write(path, buf.getvalue())
 
 
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top ``k`` of the ranks' top-k lists (``values``, ``image index``, ``maps``; ``k' x U ...`` each), given in rank order.
+
+    Ranks hold contiguous shards in dataset order and each list is ordered by value descending,
+    ties by image index ascending (the forward pass's stable sort); a stable sort of their
+    concatenation in rank order keeps that rule, so the result is one process's lists.
+    """
+    values = np.concatenate([np.asarray(p[0]) for p in parts])
+    index = np.concatenate([np.asarray(p[1]) for p in parts])
+    maps = np.concatenate([np.asarray(p[2]) for p in parts])
+    if values.ndim != 2 or not len(values):
+        return values, index, maps
+    order = np.argsort(-values, axis=0, kind="stable")[:k]
+    pick = order.reshape(order.shape + (1,) * (maps.ndim - 2))
+    return np.take_along_axis(values, order, 0), np.take_along_axis(index, order, 0), np.take_along_axis(maps, pick, 0)
+
+
 @dataclass
 class TopMaps:
     """One layer's stored top-k maps (see the module docstring for the arrays)."""
@@ -115,4 +132,4 @@ def masks(maps: np.ndarray, thresholds: np.ndarray, size: tuple[int, int]) -> np
     return out
 
 
-__all__ = ["TopMaps", "load_topmaps", "masks", "save_topmaps", "upsample"]
+__all__ = ["TopMaps", "load_topmaps", "masks", "merge_topk", "save_topmaps", "upsample"]

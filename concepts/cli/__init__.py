@@ -46,11 +46,18 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _exiting() -> None:
+    """Ignore SIGTERM while an error line is printed: torchrun stops a failed run's other ranks, and one may be reporting its own error."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _call(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """Run a command, mapping errors to one line, SIGINT to exit 130 and SIGTERM to exit 143."""
     try:
         return fn(*args, **kwargs)
     except ConceptsError as err:
+        _exiting()
         if _state["debug"]:
             traceback.print_exc()
         hint = "" if _state["debug"] or err.exit_code == 2 else " (--debug shows the traceback)"

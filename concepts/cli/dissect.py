@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -32,6 +33,11 @@ EPILOG = """Examples:
   concepts dissect data/ --model mypkg.nets:build --model-arg width=2 --layer stage4 -o out/
 
 Running the same command again resumes an interrupted run and skips layers already finished.
+
+On several processes (one GPU each with --device cuda), the same files as one process:
+
+\b
+  torchrun --nproc-per-node 4 -m concepts dissect data/ --model resnet18 --pretrained --layer layer4 -o out/ --device cuda
 """
 
 
@@ -56,6 +62,14 @@ def _quantiles(value: str) -> list[float]:
         except ValueError:
             raise UsageError(f"--quantile {value!r}: {part.strip()!r} is not a number (give Q or Q,Q,...)") from None
     return out
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 when run alone)."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
 
 
 @app.command(epilog=EPILOG)
@@ -116,7 +130,13 @@ def dissect(
         layout=layout, layer_output=layer_output, model_args=model_args, significance=significance, alpha=alpha,
         null_shifts=null_shifts, bootstrap=bootstrap, seed=seed, baseline=baseline,
     )
+    if _rank():
+        from concepts import progress
+
+        progress.set_enabled(False)  # one set of progress bars, rank 0's
     record = run(cfg)
+    if _rank():
+        return  # under torchrun rank 0 alone reports (and writes the report)
     from concepts.cli.tables import print_table
 
     rows = []
