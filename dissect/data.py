@@ -64,7 +64,7 @@ class Item:
 
     index: int
     image: torch.Tensor | None
-    layers: torch.Tensor | None  # L x sh x sw int32 (L may be 0)
+    layers: torch.Tensor | None  # L x sh x sw int16, int32 past 32,768 labels (L may be 0)
     scalars: list[int]
     sh: int
     sw: int
@@ -118,7 +118,10 @@ class _Images(Dataset):
             top = max([int(arr.max()) if arr.size else 0] + scalars)
             if top >= self.ds.num_labels or (arr.size and arr.min() < 0):
                 raise DatasetFormatError(f"label number {top} is not in label.csv", item=str(getattr(sample, "image", i)))
-            layers = torch.from_numpy(np.ascontiguousarray(arr, np.int32))  # widened on the device, where it is used
+            # The smallest type that holds every label: half the bytes through the loader's shared
+            # memory for Broden-sized vocabularies; widened on the device, where it is used.
+            kind = np.int16 if self.ds.num_labels <= 32768 else np.int32
+            layers = torch.from_numpy(np.ascontiguousarray(arr, kind))
         return Item(i, image, layers, scalars, sample.sh, sample.sw)
 
 
