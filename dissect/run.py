@@ -415,6 +415,10 @@ def dissect(
         if module is not None:
             module.train(training)  # the caller's object leaves in the mode it came in
     if own_group and torch.distributed.is_initialized():
+        # Leave together: a rank tearing down its gloo connections while a peer still uses them
+        # aborts that peer ("terminate called without an active exception").
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return result
 
