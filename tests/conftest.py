@@ -52,3 +52,9 @@ try:
     settings.load_profile("concepts")
 except ImportError:  # hypothesis comes with the test extras
     pass
+
+
+@pytest.fixture
+def in_tests_dir(monkeypatch):
+    """Run from the tests folder, where factories such as ``synth:red_unit_net`` are importable."""
+    monkeypatch.chdir(Path(__file__).parent)

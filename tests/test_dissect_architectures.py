@@ -178,11 +178,8 @@ def test_units_are_the_layers_channels(name):
     torch.testing.assert_close(maps, expected)
 
 
-@pytest.fixture(autouse=True)
-def _cwd(monkeypatch):
-    import pathlib
-
-    monkeypatch.chdir(pathlib.Path(__file__).parent)
+# Models named `module:factory` (synth:red_unit_net, ...) resolve from the tests folder.
+pytestmark = pytest.mark.usefixtures("in_tests_dir")
 
 
 @pytest.mark.parametrize("model,layer,size,units", [("swin_t", "features.7", 64, 768), ("vit_b_16", "encoder.layers.encoder_layer_11", 224, 768)])

@@ -20,11 +20,8 @@ def toy(tmp_path_factory):
     return toy_dataset(tmp_path_factory.mktemp("toy") / "ds", n=8)
 
 
-@pytest.fixture(autouse=True)
-def _cwd(monkeypatch):
-    import pathlib
-
-    monkeypatch.chdir(pathlib.Path(__file__).parent)  # synth:red_unit_net resolves from here
+# Models named `module:factory` (synth:red_unit_net, ...) resolve from the tests folder.
+pytestmark = pytest.mark.usefixtures("in_tests_dir")
 
 
 def invoke(*args):

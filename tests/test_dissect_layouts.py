@@ -122,11 +122,8 @@ def wide(tmp_path_factory):
     return _dataset(tmp_path_factory.mktemp("wide") / "ds", 32, 48)
 
 
-@pytest.fixture(autouse=True)
-def _cwd(monkeypatch):
-    import pathlib
-
-    monkeypatch.chdir(pathlib.Path(__file__).parent)  # test_dissect_layouts:planted_* resolves from here
+# Models named `module:factory` (synth:red_unit_net, ...) resolve from the tests folder.
+pytestmark = pytest.mark.usefixtures("in_tests_dir")
 
 
 def _dissect(ds, tmp_path, factory: str, layer: str, *extra: str):

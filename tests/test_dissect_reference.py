@@ -23,11 +23,8 @@ CATS = ["color", "object", "part", "scene"]
 LABELS = {1: ("red-c", "color"), 2: ("grey-c", "color"), 3: ("car", "object"), 4: ("tree", "object"), 5: ("wheel", "object"), 6: ("door", "part"), 7: ("roof", "part"), 8: ("street-s", "scene"), 9: ("park-s", "scene")}
 
 
-@pytest.fixture(autouse=True)
-def _cwd(monkeypatch):
-    import pathlib
-
-    monkeypatch.chdir(pathlib.Path(__file__).parent)
+# Models named `module:factory` (synth:red_unit_net, ...) resolve from the tests folder.
+pytestmark = pytest.mark.usefixtures("in_tests_dir")
 
 
 def _dataset(root):

@@ -13,11 +13,8 @@ from concepts.dissect.models import load_model, parse_normalize
 from synth import red_unit_net
 
 
-@pytest.fixture(autouse=True)
-def _cwd(monkeypatch):
-    import pathlib
-
-    monkeypatch.chdir(pathlib.Path(__file__).parent)
+# Models named `module:factory` (synth:red_unit_net, ...) resolve from the tests folder.
+pytestmark = pytest.mark.usefixtures("in_tests_dir")
 
 
 def _trained(num_classes: int = 5) -> nn.Module:
